@@ -1,0 +1,130 @@
+//! The app: spawning it in its own process group (and session), and every signal lameduck
+//! sends to it or to what it left behind. Nothing else in lameduck calls `kill`.
+
+use std::ffi::OsString;
+use std::io;
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
+use nix::errno::Errno;
+use nix::sys::signal::{self, SigSet, SigmaskHow, Signal};
+use nix::unistd::{self, Pid};
+
+/// Why the app could not be started; each maps to the exit code tini and shells use.
+#[derive(Debug)]
+pub struct SpawnError {
+    /// 127 when the command was not found, 126 when it could not be executed.
+    pub exit_code: i32,
+    /// One line naming the command and the reason.
+    pub message: String,
+}
+
+/// The running app: its pid, which is also its process group id.
+#[derive(Clone, Copy, Debug)]
+pub struct App {
+    /// The app's pid and process group.
+    pub pid: Pid,
+    /// Whether forwarded signals go to the whole process group.
+    pub group: bool,
+}
+
+/// Starts `command` as the app. With a terminal on stdin the app becomes the terminal's
+/// foreground process group, so Ctrl-C in `docker run -it` reaches it; otherwise it gets a
+/// session of its own.
+pub fn spawn(command: &[OsString], group: bool) -> Result<App, SpawnError> {
+    let Some((program, args)) = command.split_first() else {
+        return Err(SpawnError {
+            exit_code: 2,
+            message: "no command given".into(),
+        });
+    };
+    let interactive = unistd::isatty(io::stdin()).unwrap_or(false);
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    // SAFETY: the closure runs between fork and exec and only makes async-signal-safe calls
+    // (sigprocmask, setsid, setpgid, tcsetpgrp) on stack data.
+    unsafe {
+        cmd.pre_exec(move || isolate(interactive));
+    }
+    match cmd.spawn() {
+        // The Child handle is dropped without waiting: the reaper is the only caller of waitpid.
+        Ok(child) => Ok(App {
+            pid: Pid::from_raw(child.id() as i32),
+            group,
+        }),
+        Err(err) => {
+            let name = program.to_string_lossy();
+            let (exit_code, why) = match err.kind() {
+                io::ErrorKind::NotFound => (127, "command not found".to_owned()),
+                io::ErrorKind::PermissionDenied => {
+                    (126, "permission denied (is it executable?)".to_owned())
+                }
+                _ => (126, err.to_string()),
+            };
+            Err(SpawnError {
+                exit_code,
+                message: format!("cannot run '{name}': {why}"),
+            })
+        }
+    }
+}
+
+/// Runs in the forked child before exec: a process group of its own, the terminal's
+/// foreground when there is one, and the empty signal mask the app expects.
+fn isolate(interactive: bool) -> io::Result<()> {
+    if interactive {
+        unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0))?;
+        // tcsetpgrp from a background group raises SIGTTOU unless it is blocked.
+        let mut ttou = SigSet::empty();
+        ttou.add(Signal::SIGTTOU);
+        signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&ttou), None)?;
+        match unistd::tcsetpgrp(io::stdin(), unistd::getpid()) {
+            Ok(()) | Err(Errno::ENOTTY) | Err(Errno::ENXIO) => {}
+            Err(err) => return Err(err.into()),
+        }
+    } else {
+        unistd::setsid()?;
+    }
+    signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
+    Ok(())
+}
+
+impl App {
+    /// Sends `signal` to the app, or to its process group with `--group`.
+    pub fn signal(&self, signal: Signal) -> nix::Result<()> {
+        if self.group {
+            signal::killpg(self.pid, signal)
+        } else {
+            signal::kill(self.pid, signal)
+        }
+    }
+
+    /// Sends `signal` to everything the app may have left: the whole PID namespace when
+    /// lameduck is its init, the app's process group otherwise. Returns whether anything
+    /// was there to receive it.
+    pub fn signal_everything(&self, signal: Signal, pid1: bool) -> bool {
+        let target = if pid1 {
+            Pid::from_raw(-1)
+        } else {
+            Pid::from_raw(-self.pid.as_raw())
+        };
+        signal::kill(target, signal).is_ok()
+    }
+
+    /// The pids `signal_everything` would reach, read from /proc, for the log line that says
+    /// what was killed.
+    pub fn leftovers(&self, pid1: bool) -> Vec<i32> {
+        let me = unistd::getpid();
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        let mut pids: Vec<i32> = entries
+            .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
+            .map(Pid::from_raw)
+            .filter(|&pid| pid != me && (pid1 || unistd::getpgid(Some(pid)) == Ok(self.pid)))
+            .map(Pid::as_raw)
+            .collect();
+        pids.sort_unstable();
+        pids
+    }
+}

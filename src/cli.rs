@@ -1,0 +1,264 @@
+//! The command line: clap definitions (every flag also read from a `LAMEDUCK_*` variable) and
+//! their validation into the settings the rest of lameduck runs on.
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use nix::sys::signal::Signal;
+
+use crate::duration;
+use crate::readiness::ReadyCheck;
+use crate::signals::{Rewrite, Rewrites, SignalArg};
+
+/// How long before the kubelet's SIGKILL lameduck's own final kill must come.
+pub const GRACE_MARGIN: Duration = Duration::from_secs(2);
+
+/// lameduck: a container init that turns a pod shutdown into a zero-downtime drain.
+#[derive(Parser, Debug)]
+#[command(
+    name = "lameduck",
+    version,
+    about,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true,
+    override_usage = "lameduck [OPTIONS] -- COMMAND [ARGS]...\n       lameduck <MODE> [OPTIONS]"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub mode: Option<Mode>,
+
+    #[command(flatten)]
+    pub wrap: WrapArgs,
+}
+
+/// The modes other than wrapping a command.
+#[derive(Subcommand, Debug)]
+pub enum Mode {
+    /// Copy this executable into DIR (an init container's shared volume) as DIR/lameduck.
+    Install {
+        /// The directory to install into.
+        dir: std::path::PathBuf,
+    },
+}
+
+/// Flags of the default mode, `lameduck [OPTIONS] -- COMMAND [ARGS]...`.
+#[derive(Args, Debug)]
+pub struct WrapArgs {
+    #[command(flatten)]
+    pub drain: DrainArgs,
+
+    #[command(flatten)]
+    pub log: LogArgs,
+
+    /// Forward signals to the app's whole process group instead of the app alone.
+    #[arg(long, env = "LAMEDUCK_GROUP")]
+    pub group: bool,
+
+    /// Rewrite a forwarded signal, e.g. HUP:USR1 or 1:10 (repeatable; comma-separated in the env).
+    #[arg(
+        long = "rewrite",
+        value_name = "FROM:TO",
+        env = "LAMEDUCK_REWRITE",
+        value_delimiter = ','
+    )]
+    pub rewrites: Vec<Rewrite>,
+
+    /// Poll the app until it is ready: tcp://HOST:PORT or http://HOST:PORT/PATH.
+    #[arg(long, value_name = "URL", env = "LAMEDUCK_READY_CHECK")]
+    pub ready_check: Option<ReadyCheck>,
+
+    /// How often the ready check runs.
+    #[arg(long, value_name = "DURATION", default_value = "1s", env = "LAMEDUCK_READY_INTERVAL", value_parser = duration::parse)]
+    pub ready_interval: Duration,
+
+    /// The app to run, with its arguments.
+    #[arg(value_name = "COMMAND", required = true, trailing_var_arg = true)]
+    pub command: Vec<OsString>,
+}
+
+/// Flags of the drain sequence.
+#[derive(Args, Debug)]
+pub struct DrainArgs {
+    /// Address of the readiness, liveness and preStop endpoints (port 0 picks a free one).
+    #[arg(
+        long,
+        value_name = "ADDR",
+        default_value = "0.0.0.0:8099",
+        env = "LAMEDUCK_LISTEN"
+    )]
+    pub listen: SocketAddr,
+
+    /// How long readiness fails before the app gets its stop signal (endpoint propagation).
+    #[arg(long, value_name = "DURATION", default_value = "5s", env = "LAMEDUCK_SHUTDOWN_DELAY", value_parser = duration::parse)]
+    pub shutdown_delay: Duration,
+
+    /// How long the app may take to exit after its stop signal before everything is killed.
+    #[arg(long, value_name = "DURATION", default_value = "20s", env = "LAMEDUCK_DRAIN_TIMEOUT", value_parser = duration::parse)]
+    pub drain_timeout: Duration,
+
+    /// The signal that asks the app to stop gracefully [default: TERM, after --rewrite]; QUIT for nginx.
+    #[arg(long, value_name = "SIGNAL", env = "LAMEDUCK_STOP_SIGNAL")]
+    pub stop_signal: Option<SignalArg>,
+
+    /// What /readyz answers during the shutdown delay.
+    #[arg(
+        long,
+        value_name = "WHEN",
+        default_value = "fail",
+        env = "LAMEDUCK_READINESS_DURING_DELAY"
+    )]
+    pub readiness_during_delay: ReadinessDuringDelay,
+
+    /// The pod's terminationGracePeriodSeconds: the drain is fitted inside it, 2s before the kubelet's SIGKILL.
+    #[arg(long, value_name = "DURATION", env = "LAMEDUCK_GRACE_PERIOD", value_parser = duration::parse)]
+    pub grace_period: Option<Duration>,
+}
+
+/// Logging flags.
+#[derive(Args, Debug)]
+pub struct LogArgs {
+    /// Log format: human-readable text or one JSON object per line.
+    #[arg(
+        long,
+        value_name = "FORMAT",
+        default_value = "text",
+        env = "LAMEDUCK_LOG_FORMAT"
+    )]
+    pub log_format: LogFormat,
+
+    /// The least severe log level written.
+    #[arg(
+        long,
+        value_name = "LEVEL",
+        default_value = "info",
+        env = "LAMEDUCK_LOG_LEVEL"
+    )]
+    pub log_level: LogLevel,
+}
+
+/// What `/readyz` answers while the shutdown delay runs.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadinessDuringDelay {
+    /// Fail at once: load balancers that health-check the pod stop sending traffic.
+    Fail,
+    /// Keep passing until the stop signal: kube-proxy may still fall back to this endpoint.
+    Pass,
+}
+
+/// Log output format.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// Log verbosity.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogLevel {
+    /// Only errors.
+    Error,
+    /// Errors and warnings.
+    Warn,
+    /// Phase changes and what was signalled or killed.
+    Info,
+    /// Every signal and reaped process.
+    Debug,
+    /// Everything.
+    Trace,
+}
+
+/// The drain settings after validation.
+#[derive(Clone, Debug)]
+pub struct DrainConfig {
+    /// Where the endpoints listen.
+    pub listen: SocketAddr,
+    /// Time between the start of the drain and the stop signal.
+    pub shutdown_delay: Duration,
+    /// Time the app has to exit after its stop signal.
+    pub drain_timeout: Duration,
+    /// The signal that asks the app to stop.
+    pub stop_signal: Signal,
+    /// What /readyz answers during the shutdown delay.
+    pub readiness_during_delay: ReadinessDuringDelay,
+    /// The latest moment after the start of the drain at which lameduck kills what is left,
+    /// when a grace period was given.
+    pub kill_budget: Option<Duration>,
+}
+
+impl DrainArgs {
+    /// Validates the drain flags. `rewrites` supplies the default stop signal (TERM rewritten).
+    pub fn validate(&self, rewrites: &Rewrites) -> Result<DrainConfig, String> {
+        let stop_signal = self
+            .stop_signal
+            .map_or_else(|| rewrites.apply(Signal::SIGTERM), |s| s.0);
+        let mut drain_timeout = self.drain_timeout;
+        let mut kill_budget = None;
+        if let Some(grace) = self.grace_period {
+            let budget = grace.checked_sub(GRACE_MARGIN).unwrap_or_default();
+            if self.shutdown_delay >= budget {
+                return Err(format!(
+                    "--shutdown-delay {} does not fit in --grace-period {} with the {} margin lameduck keeps before the kubelet's SIGKILL",
+                    duration::format(self.shutdown_delay),
+                    duration::format(grace),
+                    duration::format(GRACE_MARGIN)
+                ));
+            }
+            let fits = budget - self.shutdown_delay;
+            if drain_timeout > fits {
+                tracing::warn!(
+                    drain_timeout = %duration::format(drain_timeout),
+                    shortened_to = %duration::format(fits),
+                    grace_period = %duration::format(grace),
+                    "shutdown delay + drain timeout exceed the grace period less a 2s margin; shortening the drain timeout so lameduck, not the kubelet, makes the final kill"
+                );
+                drain_timeout = fits;
+            }
+            kill_budget = Some(budget);
+        }
+        Ok(DrainConfig {
+            listen: self.listen,
+            shutdown_delay: self.shutdown_delay,
+            drain_timeout,
+            stop_signal,
+            readiness_during_delay: self.readiness_during_delay,
+            kill_budget,
+        })
+    }
+}
+
+/// Parses the command line; on a usage error prints one line and exits 2 (help and version
+/// print in full and exit 0).
+pub fn parse() -> Cli {
+    match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            use clap::error::ErrorKind;
+            if matches!(
+                err.kind(),
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+            ) {
+                let _ = err.print();
+                std::process::exit(0);
+            }
+            let rendered = err.render().to_string();
+            let mut lines = rendered
+                .lines()
+                .map(str::trim)
+                .filter(|line| !line.is_empty());
+            let mut first = lines.next().unwrap_or("invalid arguments").to_owned();
+            // "the following required arguments were not provided:" names them on the next line.
+            if first.ends_with(':') {
+                if let Some(next) = lines.next() {
+                    first = format!("{first} {next}");
+                }
+            }
+            let first = first.strip_prefix("error: ").unwrap_or(&first);
+            eprintln!("lameduck: {first} (see 'lameduck --help')");
+            std::process::exit(crate::EXIT_USAGE);
+        }
+    }
+}

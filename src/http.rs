@@ -1,0 +1,125 @@
+//! The HTTP endpoints (`/readyz`, `/livez`, `/prestop`, `/status`): a small hyper server that
+//! reads the supervisor's published snapshot and reports `/prestop` as an event. It never
+//! signals anything itself, and is bounded so that no client can slow the drain.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, mpsc, watch};
+
+use crate::cli::DrainConfig;
+use crate::phase::{Event, Phase};
+use crate::status::Snapshot;
+
+/// At most this many connections are served at once; more are closed on accept.
+const MAX_CONNECTIONS: usize = 256;
+/// A client must send its request head within this time.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest request head accepted; no endpoint takes a body.
+const MAX_HEAD_BYTES: usize = 8 * 1024;
+
+/// What every request handler shares.
+pub struct Endpoints {
+    /// The supervisor's latest snapshot.
+    pub status: watch::Receiver<Snapshot>,
+    /// Where `/prestop` reports the start of a drain.
+    pub events: mpsc::Sender<Event>,
+    /// The drain settings, for `/status` and the `/prestop` hold.
+    pub config: DrainConfig,
+    /// `/prestop` answers once the phase has reached this one.
+    pub prestop_until: Phase,
+    /// The longest `/prestop` holds its answer.
+    pub prestop_hold: Duration,
+}
+
+/// Accepts connections until the runtime shuts down.
+pub async fn serve(listener: TcpListener, endpoints: Endpoints) {
+    let endpoints = Arc::new(endpoints);
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            // Out of file descriptors or similar: back off instead of spinning.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            drop(stream);
+            continue;
+        };
+        let endpoints = Arc::clone(&endpoints);
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let endpoints = Arc::clone(&endpoints);
+                async move { Ok::<_, Infallible>(route(&endpoints, request).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .max_buf_size(MAX_HEAD_BYTES)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+            drop(slot);
+        });
+    }
+}
+
+async fn route(endpoints: &Endpoints, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let method = request.method();
+    let readable = method == Method::GET || method == Method::HEAD;
+    match request.uri().path() {
+        "/readyz" if readable => readyz(&endpoints.status.borrow()),
+        "/livez" if readable => text(StatusCode::OK, "ok\n"),
+        "/status" if readable => json(endpoints.status.borrow().to_json(&endpoints.config)),
+        "/prestop" if readable || method == Method::POST => prestop(endpoints).await,
+        "/readyz" | "/livez" | "/status" | "/prestop" => {
+            text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+fn readyz(snapshot: &Snapshot) -> Response<Full<Bytes>> {
+    if snapshot.ready {
+        text(StatusCode::OK, "ok\n")
+    } else {
+        text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("{}\n", snapshot.phase.name()),
+        )
+    }
+}
+
+/// Starts the drain (a repeated call is harmless) and answers once the phase has reached
+/// `prestop_until`, or after `prestop_hold` at the latest.
+async fn prestop(endpoints: &Endpoints) -> Response<Full<Bytes>> {
+    let _ = endpoints.events.send(Event::PreStop).await;
+    let mut status = endpoints.status.clone();
+    let reached = status.wait_for(|snapshot| snapshot.phase >= endpoints.prestop_until);
+    let _ = tokio::time::timeout(endpoints.prestop_hold, reached).await;
+    let phase = status.borrow().phase;
+    text(StatusCode::OK, &format!("{}\n", phase.name()))
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+    respond(status, "text/plain; charset=utf-8", body.to_owned())
+}
+
+fn json(body: String) -> Response<Full<Bytes>> {
+    respond(StatusCode::OK, "application/json", body)
+}
+
+fn respond(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}

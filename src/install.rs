@@ -1,0 +1,46 @@
+//! `lameduck install DIR`: the init-container mode. Copies the running executable into a
+//! shared volume so an app image can run `/DIR/lameduck -- app` without being rebuilt.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+/// Exit code when the copy cannot be made.
+pub const EXIT_FAILED: i32 = 1;
+
+/// Copies `/proc/self/exe` to `DIR/lameduck` atomically (a temporary file renamed into
+/// place), mode 0755. Running it twice leaves the same result.
+pub fn run(dir: &Path) -> i32 {
+    match install(dir) {
+        Ok(target) => {
+            println!("installed {}", target.display());
+            0
+        }
+        Err(err) => {
+            eprintln!("lameduck: cannot install into {}: {err}", dir.display());
+            EXIT_FAILED
+        }
+    }
+}
+
+fn install(dir: &Path) -> io::Result<PathBuf> {
+    let meta = fs::metadata(dir)?;
+    if !meta.is_dir() {
+        return Err(io::Error::other("not a directory"));
+    }
+    let target = dir.join("lameduck");
+    let temporary = dir.join(format!(".lameduck.{}.tmp", std::process::id()));
+    let result = copy_into_place(&temporary, &target);
+    if result.is_err() {
+        let _ = fs::remove_file(&temporary);
+    }
+    result.map(|()| target)
+}
+
+fn copy_into_place(temporary: &Path, target: &Path) -> io::Result<()> {
+    fs::copy("/proc/self/exe", temporary)?;
+    fs::set_permissions(temporary, fs::Permissions::from_mode(0o755))?;
+    fs::File::open(temporary)?.sync_all()?;
+    fs::rename(temporary, target)
+}

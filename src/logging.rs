@@ -1,0 +1,30 @@
+//! Log output: human-readable lines or JSON objects on stderr, at the chosen level.
+
+use tracing::level_filters::LevelFilter;
+
+use crate::cli::{LogArgs, LogFormat, LogLevel};
+
+/// Installs the global subscriber. Writes to a closed stderr are dropped, never fatal.
+pub fn init(args: &LogArgs) {
+    let level = match args.log_level {
+        LogLevel::Error => LevelFilter::ERROR,
+        LogLevel::Warn => LevelFilter::WARN,
+        LogLevel::Info => LevelFilter::INFO,
+        LogLevel::Debug => LevelFilter::DEBUG,
+        LogLevel::Trace => LevelFilter::TRACE,
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(level)
+        .with_target(false)
+        .with_ansi(false);
+    // Only fails when a subscriber is already installed, which cannot happen: init runs once.
+    let _ = match args.log_format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
+    };
+}

@@ -1,0 +1,248 @@
+//! The event loop: turns signals, reaped children, HTTP calls and timers into `Event`s, runs
+//! `phase::step`, and carries out the actions. It alone writes the phase, owns the timers and
+//! decides when lameduck exits.
+
+use std::time::{Duration, SystemTime};
+
+use futures_core::Stream;
+use nix::sys::signal::Signal;
+use signal_hook::iterator::exfiltrator::origin::WithOrigin;
+use signal_hook::low_level::siginfo::{Cause, Origin, Sent};
+use signal_hook_tokio::SignalsInfo;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use crate::child::App;
+use crate::cli::{DrainConfig, ReadinessDuringDelay};
+use crate::phase::{self, Action, Event, Phase};
+use crate::reaper;
+use crate::signals::{Rewrites, short_name};
+use crate::status::Snapshot;
+
+/// How long what the app left behind gets between SIGTERM and SIGKILL once the app has exited.
+const LEFTOVER_GRACE: Duration = Duration::from_secs(2);
+/// A periodic reap in case a SIGCHLD was coalesced or missed.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Everything the supervisor needs to run one app to its end.
+pub struct Supervisor {
+    /// The app being supervised.
+    pub app: App,
+    /// The drain settings.
+    pub config: DrainConfig,
+    /// How forwarded signals are rewritten.
+    pub rewrites: Rewrites,
+    /// Whether lameduck is PID 1 of its namespace.
+    pub pid1: bool,
+    /// Where the snapshot is published.
+    pub status: watch::Sender<Snapshot>,
+}
+
+/// The timers the drain arms; `None` when not running.
+#[derive(Default)]
+struct Timers {
+    drain_started: Option<Instant>,
+    delay_ends: Option<Instant>,
+    kill_at: Option<Instant>,
+}
+
+impl Supervisor {
+    /// Runs until the app has exited and nothing it left is alive; returns lameduck's exit code.
+    pub async fn run(
+        self,
+        mut signals: SignalsInfo<WithOrigin>,
+        mut events: mpsc::Receiver<Event>,
+    ) -> i32 {
+        let started = Instant::now();
+        let mut phase = Phase::Starting;
+        let mut timers = Timers::default();
+        let mut sweep_timer = tokio::time::interval(SWEEP_INTERVAL);
+        sweep_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let code = loop {
+            let event = tokio::select! {
+                origin = next_signal(&mut signals) => match self.signal_event(origin) {
+                    Some(event) => event,
+                    None => continue,
+                },
+                Some(event) = events.recv() => event,
+                () = at(timers.delay_ends) => {
+                    timers.delay_ends = None;
+                    Event::DelayElapsed
+                }
+                () = at(timers.kill_at) => {
+                    timers.kill_at = None;
+                    Event::DrainTimeout
+                }
+                _ = sweep_timer.tick() => match reaper::sweep(self.app.pid).app_status {
+                    Some(status) => Event::AppExited(status),
+                    None => continue,
+                },
+            };
+            let (next, action) = phase::step(phase, event);
+            if next != phase {
+                let since = timers.drain_started.unwrap_or(started);
+                tracing::info!(
+                    phase = %next.name(),
+                    reason = %phase::reason(event),
+                    elapsed_ms = since.elapsed().as_millis() as u64,
+                    pid = self.app.pid.as_raw(),
+                    "phase changed"
+                );
+                self.publish(phase, next);
+                phase = next;
+            }
+            match action {
+                None => {}
+                Some(Action::Exit(status)) => break status,
+                Some(action) => self.perform(action, &mut timers),
+            }
+        };
+        self.clear_leftovers(&mut signals).await;
+        code
+    }
+
+    /// Turns one delivered signal into an event: SIGCHLD becomes a reap, a SIGPIPE that
+    /// lameduck's own write raised is dropped, everything else is reported as received.
+    fn signal_event(&self, origin: Option<Origin>) -> Option<Event> {
+        let origin = origin?;
+        let signal = Signal::try_from(origin.signal).ok()?;
+        if signal == Signal::SIGCHLD {
+            return reaper::sweep(self.app.pid).app_status.map(Event::AppExited);
+        }
+        if signal == Signal::SIGPIPE && raised_by_self(&origin) {
+            return None;
+        }
+        tracing::debug!(signal = short_name(signal), from = ?origin.process.map(|p| p.pid), "received signal");
+        Some(Event::Signal(signal))
+    }
+
+    fn perform(&self, action: Action, timers: &mut Timers) {
+        match action {
+            Action::Forward(received) => {
+                let sent = self.rewrites.apply(received);
+                match self.app.signal(sent) {
+                    Ok(()) => tracing::debug!(
+                        received = short_name(received),
+                        sent = short_name(sent),
+                        "forwarded signal"
+                    ),
+                    Err(err) => {
+                        tracing::warn!(signal = short_name(sent), %err, "could not forward signal")
+                    }
+                }
+            }
+            Action::StartDelay => {
+                let now = Instant::now();
+                timers.drain_started = Some(now);
+                timers.delay_ends = Some(now + self.config.shutdown_delay);
+                tracing::info!(
+                    shutdown_delay_ms = self.config.shutdown_delay.as_millis() as u64,
+                    "readiness fails; waiting for endpoints to drop this pod before stopping the app"
+                );
+            }
+            Action::SendStopSignal => {
+                let now = Instant::now();
+                timers.delay_ends = None;
+                let mut kill_at = now + self.config.drain_timeout;
+                if let (Some(budget), Some(started)) =
+                    (self.config.kill_budget, timers.drain_started)
+                {
+                    kill_at = kill_at.min(started + budget);
+                }
+                timers.kill_at = Some(kill_at);
+                let signal = self.config.stop_signal;
+                match self.app.signal(signal) {
+                    Ok(()) => tracing::info!(
+                        signal = short_name(signal),
+                        drain_timeout_ms = (kill_at - now).as_millis() as u64,
+                        "sent the app its stop signal"
+                    ),
+                    Err(err) => {
+                        tracing::warn!(signal = short_name(signal), %err, "could not send the stop signal")
+                    }
+                }
+            }
+            Action::KillAll => {
+                let pids = self.app.leftovers(self.pid1);
+                self.app.signal_everything(Signal::SIGKILL, self.pid1);
+                tracing::warn!(killed = ?describe(&pids), "drain timeout ran out; sent SIGKILL to every process left");
+            }
+            Action::Absorbed => {
+                tracing::info!("shutdown already under way; the stop signal is sent only once")
+            }
+            Action::Exit(_) => {}
+        }
+    }
+
+    fn publish(&self, from: Phase, to: Phase) {
+        let keep_passing = self.config.readiness_during_delay == ReadinessDuringDelay::Pass;
+        self.status.send_modify(|snapshot| {
+            let was_ready = snapshot.ready;
+            snapshot.phase = to;
+            snapshot.ready = match to {
+                Phase::Ready => true,
+                Phase::Draining => keep_passing && was_ready && from == Phase::Ready,
+                _ => false,
+            };
+            snapshot.transitions.push((to, SystemTime::now()));
+        });
+    }
+
+    /// After the app has exited: SIGTERM whatever it left behind, SIGKILL it after a short
+    /// grace, and reap it all, so no process of the app outlives lameduck.
+    async fn clear_leftovers(&self, signals: &mut SignalsInfo<WithOrigin>) {
+        if reaper::sweep(self.app.pid).no_children {
+            return;
+        }
+        for (signal, grace) in [
+            (Signal::SIGTERM, LEFTOVER_GRACE),
+            (Signal::SIGKILL, LEFTOVER_GRACE),
+        ] {
+            let pids = self.app.leftovers(self.pid1);
+            self.app.signal_everything(signal, self.pid1);
+            tracing::info!(signal = short_name(signal), processes = ?describe(&pids), "the app has exited; stopping what it left behind");
+            let deadline = Instant::now() + grace;
+            loop {
+                if reaper::sweep(self.app.pid).no_children {
+                    return;
+                }
+                tokio::select! {
+                    _ = next_signal(signals) => {}
+                    () = tokio::time::sleep(Duration::from_millis(20)) => {}
+                    () = tokio::time::sleep_until(deadline) => break,
+                }
+            }
+        }
+        tracing::warn!("processes left behind by the app did not exit after SIGKILL");
+    }
+}
+
+async fn next_signal(signals: &mut SignalsInfo<WithOrigin>) -> Option<Origin> {
+    std::future::poll_fn(|cx| std::pin::Pin::new(&mut *signals).poll_next(cx)).await
+}
+
+/// Completes at `deadline`, or never when there is none.
+async fn at(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A SIGPIPE the kernel raised for lameduck's own write to a closed pipe carries lameduck's pid.
+fn raised_by_self(origin: &Origin) -> bool {
+    origin.cause == Cause::Sent(Sent::User)
+        && origin
+            .process
+            .is_some_and(|p| p.pid as u32 == std::process::id())
+}
+
+/// `pid/comm` for each pid, as the kill log line shows them.
+fn describe(pids: &[i32]) -> Vec<String> {
+    pids.iter()
+        .map(|pid| {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            format!("{pid}/{}", comm.trim_end())
+        })
+        .collect()
+}
