@@ -112,7 +112,7 @@ impl Supervisor {
         if signal == Signal::SIGPIPE && raised_by_self(&origin) {
             return None;
         }
-        tracing::debug!(signal = short_name(signal), from = ?origin.process.map(|p| p.pid), "received signal");
+        tracing::debug!(signal = %short_name(signal), from = ?origin.process.map(|p| p.pid), "received signal");
         Some(Event::Signal(signal))
     }
 
@@ -122,12 +122,12 @@ impl Supervisor {
                 let sent = self.rewrites.apply(received);
                 match self.app.signal(sent) {
                     Ok(()) => tracing::debug!(
-                        received = short_name(received),
-                        sent = short_name(sent),
+                        received = %short_name(received),
+                        sent = %short_name(sent),
                         "forwarded signal"
                     ),
                     Err(err) => {
-                        tracing::warn!(signal = short_name(sent), %err, "could not forward signal")
+                        tracing::warn!(signal = %short_name(sent), %err, "could not forward signal")
                     }
                 }
             }
@@ -153,12 +153,12 @@ impl Supervisor {
                 let signal = self.config.stop_signal;
                 match self.app.signal(signal) {
                     Ok(()) => tracing::info!(
-                        signal = short_name(signal),
+                        signal = %short_name(signal),
                         drain_timeout_ms = (kill_at - now).as_millis() as u64,
                         "sent the app its stop signal"
                     ),
                     Err(err) => {
-                        tracing::warn!(signal = short_name(signal), %err, "could not send the stop signal")
+                        tracing::warn!(signal = %short_name(signal), %err, "could not send the stop signal")
                     }
                 }
             }
@@ -200,7 +200,7 @@ impl Supervisor {
         ] {
             let pids = self.app.leftovers(self.pid1);
             self.app.signal_everything(signal, self.pid1);
-            tracing::info!(signal = short_name(signal), processes = ?describe(&pids), "the app has exited; stopping what it left behind");
+            tracing::info!(signal = %short_name(signal), processes = ?describe(&pids), "the app has exited; stopping what it left behind");
             let deadline = Instant::now() + grace;
             loop {
                 if reaper::sweep(self.app.pid).no_children {

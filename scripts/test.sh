@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Runs every lameduck test on a fresh Debian machine: installs what the tests need when it is
+# missing (nginx, HAProxy, util-linux's unshare, Python for the manifest checks), then runs the
+# whole suite. Needs root (the tests make PID namespaces) and a Rust toolchain (1.85 or newer).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v cargo >/dev/null; then
+    echo "test.sh: cargo not found; install a Rust toolchain (1.85+) first" >&2
+    exit 1
+fi
+
+missing=()
+command -v unshare >/dev/null || missing+=(util-linux)
+command -v nginx >/dev/null || missing+=(nginx)
+command -v haproxy >/dev/null || missing+=(haproxy)
+command -v python3 >/dev/null || missing+=(python3 python3-pip)
+if ((${#missing[@]})); then
+    echo "test.sh: installing ${missing[*]}" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+cargo test --locked
