@@ -36,6 +36,8 @@ pub struct Cli {
 /// The modes other than wrapping a command.
 #[derive(Subcommand, Debug)]
 pub enum Mode {
+    /// Drain an app in another container of the pod (an unmodified nginx) from beside it.
+    Sidecar(SidecarArgs),
     /// Copy this executable into DIR (an init container's shared volume) as DIR/lameduck.
     Install {
         /// The directory to install into.
@@ -76,6 +78,29 @@ pub struct WrapArgs {
     /// The app to run, with its arguments.
     #[arg(value_name = "COMMAND", required = true, trailing_var_arg = true)]
     pub command: Vec<OsString>,
+}
+
+/// Flags of `lameduck sidecar`.
+#[derive(Args, Debug)]
+pub struct SidecarArgs {
+    #[command(flatten)]
+    pub drain: DrainArgs,
+
+    #[command(flatten)]
+    pub log: LogArgs,
+
+    /// Find the app by the pid in this file (e.g. nginx's pid file on a shared volume).
+    #[arg(
+        long,
+        value_name = "PATH",
+        env = "LAMEDUCK_PID_FILE",
+        conflicts_with = "process_name"
+    )]
+    pub pid_file: Option<std::path::PathBuf>,
+
+    /// Find the app as the oldest process with this name (/proc/PID/comm), e.g. nginx.
+    #[arg(long, value_name = "NAME", env = "LAMEDUCK_PROCESS_NAME")]
+    pub process_name: Option<String>,
 }
 
 /// Flags of the drain sequence.

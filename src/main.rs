@@ -14,9 +14,12 @@ mod logging;
 mod phase;
 mod readiness;
 mod reaper;
+mod sidecar;
 mod signals;
 mod status;
 mod supervisor;
+mod target;
+mod timers;
 
 use signal_hook::iterator::exfiltrator::origin::WithOrigin;
 use signal_hook_tokio::SignalsInfo;
@@ -35,6 +38,7 @@ fn main() {
     let cli = cli::parse();
     let code = match cli.mode {
         Some(Mode::Install { dir }) => install::run(&dir),
+        Some(Mode::Sidecar(args)) => sidecar::run(args),
         None => wrap(cli.wrap),
     };
     std::process::exit(code);
@@ -88,7 +92,8 @@ fn wrap(args: WrapArgs) -> i32 {
         tracing::info!(pid = app.pid.as_raw(), pid1, "started the app");
 
         let (events_tx, events_rx) = mpsc::channel(64);
-        let (status_tx, status_rx) = watch::channel(Snapshot::starting(app.pid.as_raw()));
+        let (status_tx, status_rx) =
+            watch::channel(Snapshot::starting("wrapper", app.pid.as_raw()));
         tokio::spawn(http::serve(
             listener,
             http::Endpoints {
@@ -120,7 +125,7 @@ fn wrap(args: WrapArgs) -> i32 {
 }
 
 /// Logs one line and returns the exit code to leave with.
-fn fatal(code: i32, message: &str) -> i32 {
+pub(crate) fn fatal(code: i32, message: &str) -> i32 {
     tracing::error!("{message}");
     code
 }

@@ -3,11 +3,14 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use nix::sys::signal::Signal;
 use serde_json::json;
+use tokio::sync::watch;
+use tokio::time::Instant;
 
-use crate::cli::DrainConfig;
+use crate::cli::{DrainConfig, ReadinessDuringDelay};
 use crate::duration;
-use crate::phase::Phase;
+use crate::phase::{self, Event, Phase};
 use crate::signals::short_name;
 
 /// The supervisor's state as last published.
@@ -17,19 +20,22 @@ pub struct Snapshot {
     pub phase: Phase,
     /// Whether /readyz passes (the phase, the app's ready check and `--readiness-during-delay`).
     pub ready: bool,
-    /// The app's pid.
+    /// The app's pid (0 while a sidecar has not found its target).
     pub app_pid: i32,
+    /// How lameduck runs: `wrapper`, `sidecar`, or `sidecar (delay only)`.
+    pub mode: &'static str,
     /// Every phase entered so far, with when.
     pub transitions: Vec<(Phase, SystemTime)>,
 }
 
 impl Snapshot {
     /// The state at start, before the app is known to be ready.
-    pub fn starting(app_pid: i32) -> Self {
+    pub fn starting(mode: &'static str, app_pid: i32) -> Self {
         Snapshot {
             phase: Phase::Starting,
             ready: false,
             app_pid,
+            mode,
             transitions: vec![(Phase::Starting, SystemTime::now())],
         }
     }
@@ -45,6 +51,7 @@ impl Snapshot {
             "phase": self.phase.name(),
             "ready": self.ready,
             "app_pid": self.app_pid,
+            "mode": self.mode,
             "transitions": transitions,
             "shutdown_delay": duration::format(config.shutdown_delay),
             "drain_timeout": duration::format(config.drain_timeout),
@@ -53,6 +60,52 @@ impl Snapshot {
         })
         .to_string()
     }
+}
+
+/// Enters phase `to` because of `event`: one log line, and a new snapshot whose readiness
+/// follows the phase (and `--readiness-during-delay` while draining).
+pub fn advance(
+    status: &watch::Sender<Snapshot>,
+    config: &DrainConfig,
+    event: Event,
+    to: Phase,
+    since: Instant,
+) {
+    let keep_passing = config.readiness_during_delay == ReadinessDuringDelay::Pass;
+    status.send_modify(|snapshot| {
+        tracing::info!(
+            phase = %to.name(),
+            reason = %phase::reason(event),
+            elapsed_ms = since.elapsed().as_millis() as u64,
+            pid = snapshot.app_pid,
+            "phase changed"
+        );
+        let was_ready = snapshot.ready && snapshot.phase == Phase::Ready;
+        snapshot.phase = to;
+        snapshot.ready = match to {
+            Phase::Ready => true,
+            Phase::Draining => keep_passing && was_ready,
+            _ => false,
+        };
+        snapshot.transitions.push((to, SystemTime::now()));
+    });
+}
+
+/// The log line at the start of the shutdown delay.
+pub fn log_delay_started(config: &DrainConfig) {
+    tracing::info!(
+        shutdown_delay_ms = config.shutdown_delay.as_millis() as u64,
+        "readiness fails; waiting for endpoints to drop this pod before stopping the app"
+    );
+}
+
+/// The log line when the stop signal has been sent.
+pub fn log_stop_signal_sent(signal: Signal, drain_timeout: Duration) {
+    tracing::info!(
+        signal = %short_name(signal),
+        drain_timeout_ms = drain_timeout.as_millis() as u64,
+        "sent the app its stop signal"
+    );
 }
 
 fn unix_ms(at: SystemTime) -> u64 {

@@ -2,7 +2,7 @@
 //! `phase::step`, and carries out the actions. It alone writes the phase, owns the timers and
 //! decides when lameduck exits.
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use futures_core::Stream;
 use nix::sys::signal::Signal;
@@ -13,11 +13,12 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::child::App;
-use crate::cli::{DrainConfig, ReadinessDuringDelay};
+use crate::cli::DrainConfig;
 use crate::phase::{self, Action, Event, Phase};
 use crate::reaper;
 use crate::signals::{Rewrites, short_name};
-use crate::status::Snapshot;
+use crate::status::{self, Snapshot, log_delay_started, log_stop_signal_sent};
+use crate::timers::{Timers, at};
 
 /// How long what the app left behind gets between SIGTERM and SIGKILL once the app has exited.
 const LEFTOVER_GRACE: Duration = Duration::from_secs(2);
@@ -36,14 +37,6 @@ pub struct Supervisor {
     pub pid1: bool,
     /// Where the snapshot is published.
     pub status: watch::Sender<Snapshot>,
-}
-
-/// The timers the drain arms; `None` when not running.
-#[derive(Default)]
-struct Timers {
-    drain_started: Option<Instant>,
-    delay_ends: Option<Instant>,
-    kill_at: Option<Instant>,
 }
 
 impl Supervisor {
@@ -80,15 +73,13 @@ impl Supervisor {
             };
             let (next, action) = phase::step(phase, event);
             if next != phase {
-                let since = timers.drain_started.unwrap_or(started);
-                tracing::info!(
-                    phase = %next.name(),
-                    reason = %phase::reason(event),
-                    elapsed_ms = since.elapsed().as_millis() as u64,
-                    pid = self.app.pid.as_raw(),
-                    "phase changed"
+                status::advance(
+                    &self.status,
+                    &self.config,
+                    event,
+                    next,
+                    timers.drain_started.unwrap_or(started),
                 );
-                self.publish(phase, next);
                 phase = next;
             }
             match action {
@@ -132,31 +123,14 @@ impl Supervisor {
                 }
             }
             Action::StartDelay => {
-                let now = Instant::now();
-                timers.drain_started = Some(now);
-                timers.delay_ends = Some(now + self.config.shutdown_delay);
-                tracing::info!(
-                    shutdown_delay_ms = self.config.shutdown_delay.as_millis() as u64,
-                    "readiness fails; waiting for endpoints to drop this pod before stopping the app"
-                );
+                timers.start_delay(&self.config);
+                log_delay_started(&self.config);
             }
             Action::SendStopSignal => {
-                let now = Instant::now();
-                timers.delay_ends = None;
-                let mut kill_at = now + self.config.drain_timeout;
-                if let (Some(budget), Some(started)) =
-                    (self.config.kill_budget, timers.drain_started)
-                {
-                    kill_at = kill_at.min(started + budget);
-                }
-                timers.kill_at = Some(kill_at);
+                let left = timers.start_drain_timeout(&self.config);
                 let signal = self.config.stop_signal;
                 match self.app.signal(signal) {
-                    Ok(()) => tracing::info!(
-                        signal = %short_name(signal),
-                        drain_timeout_ms = (kill_at - now).as_millis() as u64,
-                        "sent the app its stop signal"
-                    ),
+                    Ok(()) => log_stop_signal_sent(signal, left),
                     Err(err) => {
                         tracing::warn!(signal = %short_name(signal), %err, "could not send the stop signal")
                     }
@@ -172,20 +146,6 @@ impl Supervisor {
             }
             Action::Exit(_) => {}
         }
-    }
-
-    fn publish(&self, from: Phase, to: Phase) {
-        let keep_passing = self.config.readiness_during_delay == ReadinessDuringDelay::Pass;
-        self.status.send_modify(|snapshot| {
-            let was_ready = snapshot.ready;
-            snapshot.phase = to;
-            snapshot.ready = match to {
-                Phase::Ready => true,
-                Phase::Draining => keep_passing && was_ready && from == Phase::Ready,
-                _ => false,
-            };
-            snapshot.transitions.push((to, SystemTime::now()));
-        });
     }
 
     /// After the app has exited: SIGTERM whatever it left behind, SIGKILL it after a short
@@ -219,14 +179,6 @@ impl Supervisor {
 
 async fn next_signal(signals: &mut SignalsInfo<WithOrigin>) -> Option<Origin> {
     std::future::poll_fn(|cx| std::pin::Pin::new(&mut *signals).poll_next(cx)).await
-}
-
-/// Completes at `deadline`, or never when there is none.
-async fn at(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
-    }
 }
 
 /// A SIGPIPE the kernel raised for lameduck's own write to a closed pipe carries lameduck's pid.

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod nginx;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
@@ -68,6 +70,11 @@ pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> boo
 pub struct Lines(Arc<Mutex<Vec<String>>>, Arc<std::sync::atomic::AtomicBool>);
 
 impl Lines {
+    /// Collects the lines of `stream` in the background.
+    pub fn follow_stream(stream: impl Read + Send + 'static) -> Self {
+        Lines::follow(stream).0
+    }
+
     fn follow(stream: impl Read + Send + 'static) -> (Self, Receiver<String>) {
         let lines = Lines::default();
         let (tx, rx) = channel();
@@ -125,11 +132,12 @@ impl Lameduck {
     /// Starts `lameduck ARGS` in `mode`. Add `--listen 127.0.0.1:0` yourself when endpoints are used;
     /// `start` adds it when no `--listen` is given so tests never collide on a port.
     pub fn start(mode: Mode, args: &[&str]) -> Self {
-        let mut all: Vec<String> = Vec::new();
+        let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         if !args.contains(&"--listen") {
-            all.extend(["--listen".into(), "127.0.0.1:0".into()]);
+            // After the mode's name, when there is one (`lameduck sidecar --listen ...`).
+            let at = usize::from(args.first() == Some(&"sidecar"));
+            all.splice(at..at, ["--listen".to_string(), "127.0.0.1:0".to_string()]);
         }
-        all.extend(args.iter().map(|s| s.to_string()));
         let mut command = match mode {
             Mode::Pid1 => {
                 let mut c = Command::new("unshare");
@@ -205,19 +213,7 @@ impl Lameduck {
 
     /// The endpoints' address, read from lameduck's `endpoints listening addr=...` log line.
     pub fn addr(&self) -> SocketAddr {
-        let mut found = None;
-        let ok = wait_until(Duration::from_secs(10), || {
-            found = self.stderr.all().iter().find_map(|line| {
-                let (_, rest) = line.split_once("endpoints listening")?;
-                let addr = rest
-                    .split_whitespace()
-                    .find_map(|w| w.strip_prefix("addr="))?;
-                addr.trim_matches('"').parse().ok()
-            });
-            found.is_some()
-        });
-        assert!(ok, "no listening line in {:#?}", self.stderr.all());
-        found.expect("address")
+        listening_addr(&self.stderr)
     }
 
     /// Sends `signal` to lameduck itself (not to `unshare`, which would not pass it on).
@@ -270,6 +266,23 @@ impl Drop for Lameduck {
             let _ = self.process.wait();
         }
     }
+}
+
+/// The endpoints' address from a lameduck log's `endpoints listening addr=...` line.
+pub fn listening_addr(stderr: &Lines) -> SocketAddr {
+    let mut found = None;
+    let ok = wait_until(Duration::from_secs(10), || {
+        found = stderr.all().iter().find_map(|line| {
+            let (_, rest) = line.split_once("endpoints listening")?;
+            let addr = rest
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("addr="))?;
+            addr.trim_matches('"').parse().ok()
+        });
+        found.is_some()
+    });
+    assert!(ok, "no listening line in {:#?}", stderr.all());
+    found.expect("address")
 }
 
 /// The first child of `pid`, from /proc.

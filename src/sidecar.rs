@@ -1,0 +1,279 @@
+//! `lameduck sidecar`: drains an app that runs in another container of the same pod (a stock
+//! nginx) from beside it. Its `/prestop`, called by the app container's preStop hook, runs the
+//! whole drain inside the hook: readiness fails, the shutdown delay passes, the app gets its
+//! stop signal through a pidfd, and the answer comes once the app has exited. Without a shared
+//! process namespace only the delay is possible, and the sidecar says so.
+
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use signal_hook_tokio::Signals;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use crate::cli::{DrainConfig, SidecarArgs};
+use crate::phase::{self, Action, Event, Phase};
+use crate::signals::{Rewrites, short_name};
+use crate::status::{self, Snapshot, log_delay_started, log_stop_signal_sent};
+use crate::target::{Selector, Target};
+use crate::timers::{Timers, at};
+use crate::{EXIT_USAGE, fatal, logging};
+
+/// How often the sidecar looks for its target while it has none.
+const FIND_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Runs the sidecar until its own SIGTERM or SIGINT (after any drain under way has finished).
+pub fn run(args: SidecarArgs) -> i32 {
+    logging::init(&args.log);
+    let config = match args.drain.validate(&Rewrites::default()) {
+        Ok(config) => config,
+        Err(message) => return fatal(EXIT_USAGE, &message),
+    };
+    let selector = match (args.pid_file, args.process_name) {
+        (Some(path), _) => Some(Selector::PidFile(path)),
+        (None, Some(name)) => Some(Selector::ProcessName(name)),
+        (None, None) => None,
+    };
+    // In a pod with shareProcessNamespace the pause container is PID 1; being PID 1 means the
+    // app's processes are out of sight.
+    let selector = match selector {
+        Some(selector) if std::process::id() == 1 => {
+            tracing::warn!(%selector, "lameduck is PID 1 of its container, so the pod does not share its process namespace: /prestop can only wait out the shutdown delay; set shareProcessNamespace: true to let it stop the app");
+            None
+        }
+        Some(selector) => Some(selector),
+        None => {
+            tracing::warn!(
+                "no --pid-file or --process-name: /prestop only waits out the shutdown delay and the kubelet's stop signal stops the app"
+            );
+            None
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => return fatal(1, &format!("cannot start the runtime: {err}")),
+    };
+    runtime.block_on(async move {
+        let signals = match Signals::new([Signal::SIGTERM as i32, Signal::SIGINT as i32]) {
+            Ok(signals) => signals,
+            Err(err) => return fatal(1, &format!("cannot install signal handlers: {err}")),
+        };
+        let listener = match tokio::net::TcpListener::bind(config.listen).await {
+            Ok(listener) => listener,
+            Err(err) => {
+                return fatal(
+                    EXIT_USAGE,
+                    &format!("cannot listen on {}: {err}", config.listen),
+                );
+            }
+        };
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(%addr, "endpoints listening");
+        }
+        let mode = if selector.is_some() {
+            "sidecar"
+        } else {
+            "sidecar (delay only)"
+        };
+        let (events_tx, events_rx) = mpsc::channel(64);
+        let (status_tx, status_rx) = watch::channel(Snapshot::starting(mode, 0));
+        tokio::spawn(crate::http::serve(
+            listener,
+            crate::http::Endpoints {
+                status: status_rx,
+                events: events_tx,
+                config: config.clone(),
+                prestop_until: if selector.is_some() {
+                    Phase::Exited
+                } else {
+                    Phase::Stopping
+                },
+                prestop_hold: config.shutdown_delay + config.drain_timeout + Duration::from_secs(1),
+            },
+        ));
+        Sidecar {
+            config,
+            selector,
+            status: status_tx,
+            target: None,
+            timers: Timers::default(),
+        }
+        .run(signals, events_rx)
+        .await
+    })
+}
+
+struct Sidecar {
+    config: DrainConfig,
+    selector: Option<Selector>,
+    status: watch::Sender<Snapshot>,
+    target: Option<Target>,
+    timers: Timers,
+}
+
+impl Sidecar {
+    async fn run(mut self, mut signals: Signals, mut events: mpsc::Receiver<Event>) -> i32 {
+        use futures_core::Stream;
+        let started = Instant::now();
+        let mut phase = Phase::Starting;
+        let mut exit_when_done = false;
+        let mut find_timer = tokio::time::interval(FIND_INTERVAL);
+        let mut reported_missing = false;
+        if self.selector.is_none() {
+            self.enter(Phase::Ready, Event::AppReady(true), started);
+            phase = Phase::Ready;
+        }
+        loop {
+            let looking =
+                self.target.is_none() && self.selector.is_some() && phase < Phase::Draining;
+            let event = tokio::select! {
+                signal = std::future::poll_fn(|cx| std::pin::Pin::new(&mut signals).poll_next(cx)) => {
+                    let name = signal.and_then(|s| Signal::try_from(s).ok()).map_or("?", short_name);
+                    if self.drained(phase) || (phase < Phase::Draining && self.target.is_none()) {
+                        tracing::info!(signal = name, "no drain under way; exiting");
+                        return 0;
+                    }
+                    tracing::info!(signal = name, "finishing the drain before exiting");
+                    exit_when_done = true;
+                    if phase >= Phase::Draining {
+                        continue;
+                    }
+                    // A sidecar stopped before the app (an ordinary container, not a native
+                    // sidecar) drains the app itself rather than leave it to be cut off.
+                    Event::PreStop
+                }
+                Some(event) = events.recv() => event,
+                () = at(self.timers.delay_ends) => {
+                    self.timers.delay_ends = None;
+                    Event::DelayElapsed
+                }
+                () = at(self.timers.kill_at) => {
+                    self.timers.kill_at = None;
+                    Event::DrainTimeout
+                }
+                () = exited(self.target.as_ref()) => {
+                    tracing::info!(pid = self.target.as_ref().map_or(0, |t| t.pid), "the app has exited");
+                    self.target = None;
+                    Event::AppExited(0)
+                }
+                _ = find_timer.tick(), if looking => match self.find(&mut reported_missing) {
+                    Some(event) => event,
+                    None => continue,
+                },
+            };
+            let (next, action) = phase::step(phase, event);
+            if next != phase {
+                self.enter(next, event, started);
+                phase = next;
+            }
+            match action {
+                Some(Action::StartDelay) => {
+                    self.timers.start_delay(&self.config);
+                    log_delay_started(&self.config);
+                }
+                Some(Action::SendStopSignal) => self.send_stop_signal(),
+                Some(Action::KillAll) => self.kill(),
+                Some(Action::Absorbed) => tracing::info!("drain already under way"),
+                Some(Action::Forward(_)) | Some(Action::Exit(_)) | None => {}
+            }
+            if exit_when_done && self.drained(phase) {
+                tracing::info!("drain finished; exiting");
+                return 0;
+            }
+            // An app that exits without a drain (a crash, a restart) gets a fresh cycle.
+            if phase == Phase::Exited && self.timers.drain_started.is_none() {
+                self.enter(Phase::Starting, Event::AppReady(false), started);
+                phase = Phase::Starting;
+            }
+        }
+    }
+
+    /// Whether the drain is over: the app has exited, or, with no app in sight, the delay is served.
+    fn drained(&self, phase: Phase) -> bool {
+        phase == Phase::Exited || (self.selector.is_none() && phase >= Phase::Stopping)
+    }
+
+    /// Enters phase `next` because of `event`, logging and publishing it.
+    fn enter(&mut self, next: Phase, event: Event, started: Instant) {
+        let pid = self.target.as_ref().map_or(0, |t| t.pid);
+        self.status.send_modify(|snapshot| snapshot.app_pid = pid);
+        status::advance(
+            &self.status,
+            &self.config,
+            event,
+            next,
+            self.timers.drain_started.unwrap_or(started),
+        );
+    }
+
+    fn find(&mut self, reported_missing: &mut bool) -> Option<Event> {
+        let selector = self.selector.as_ref()?;
+        match selector.find() {
+            Ok(target) => {
+                tracing::info!(pid = target.pid, %selector, "found the app");
+                *reported_missing = false;
+                self.target = Some(target);
+                Some(Event::AppReady(true))
+            }
+            Err(reason) => {
+                if !*reported_missing {
+                    tracing::warn!(%selector, %reason, "cannot find the app yet; retrying every second");
+                    *reported_missing = true;
+                }
+                None
+            }
+        }
+    }
+
+    fn send_stop_signal(&mut self) {
+        let signal = self.config.stop_signal;
+        match &self.target {
+            Some(target) => {
+                let left = self.timers.start_drain_timeout(&self.config);
+                match target.signal(signal) {
+                    Ok(()) => log_stop_signal_sent(signal, left),
+                    Err(err) => {
+                        tracing::warn!(signal = %short_name(signal), %err, "could not send the stop signal")
+                    }
+                }
+            }
+            None => {
+                self.timers.delay_ends = None;
+                tracing::info!("shutdown delay served; the kubelet's stop signal stops the app");
+            }
+        }
+    }
+
+    fn kill(&self) {
+        let Some(target) = &self.target else { return };
+        let group = target.led_group();
+        let result = match group {
+            Some(pgid) => {
+                nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), Signal::SIGKILL)
+                    .map_err(std::io::Error::from)
+            }
+            None => target.signal(Signal::SIGKILL),
+        };
+        match result {
+            Ok(()) => tracing::warn!(
+                pid = target.pid,
+                process_group = group.is_some(),
+                "drain timeout ran out; sent SIGKILL to the app"
+            ),
+            Err(err) => {
+                tracing::warn!(pid = target.pid, %err, "drain timeout ran out; SIGKILL failed")
+            }
+        }
+    }
+}
+
+/// Completes when the target exits, or never without one.
+async fn exited(target: Option<&Target>) {
+    match target {
+        Some(target) => target.exited().await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,152 @@
+//! Real nginx for the tests: a generated config in a temp dir (daemon off, master process on,
+//! one worker, logs and pid file in the dir), a slow file so requests are always in flight, and
+//! a guard that kills the nginx it started, by pid, on drop.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// Size of `/slow`; with `SLOW_RATE` it takes about 400 ms to send.
+pub const SLOW_BYTES: usize = 40 * 1024;
+/// `limit_rate` for `/slow`, in bytes per second.
+pub const SLOW_RATE: usize = 100 * 1024;
+
+/// A temp dir with an nginx config listening on `addr`.
+pub struct NginxConfig {
+    /// The folder holding config, pid file, logs and content.
+    pub dir: PathBuf,
+    /// Where nginx listens.
+    pub addr: SocketAddr,
+}
+
+impl NginxConfig {
+    /// Writes the config for a server on `addr` into a fresh temp dir named after `label`.
+    pub fn new(label: &str, addr: SocketAddr) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "lameduck-nginx-{label}-{}-{}",
+            std::process::id(),
+            addr.port()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("html")).expect("nginx dir");
+        std::fs::write(dir.join("html/slow"), vec![b'x'; SLOW_BYTES]).expect("slow file");
+        std::fs::write(dir.join("html/fast"), b"ok\n").expect("fast file");
+        let d = dir.display();
+        let config = format!(
+            "worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log info;
+events {{ worker_connections 1024; }}
+http {{
+    access_log {d}/access.log;
+    client_body_temp_path {d}/body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    keepalive_timeout 30s;
+    server {{
+        listen {addr} reuseport;
+        root {d}/html;
+        location = /slow {{ limit_rate {SLOW_RATE}; }}
+    }}
+}}
+"
+        );
+        std::fs::write(dir.join("nginx.conf"), config).expect("nginx.conf");
+        NginxConfig { dir, addr }
+    }
+
+    /// The argv that runs this nginx in the foreground.
+    pub fn command(&self) -> Vec<String> {
+        vec![
+            "nginx".into(),
+            "-c".into(),
+            self.dir.join("nginx.conf").display().to_string(),
+            "-g".into(),
+            "daemon off;".into(),
+        ]
+    }
+
+    /// The pid file nginx writes.
+    pub fn pid_file(&self) -> PathBuf {
+        self.dir.join("nginx.pid")
+    }
+
+    /// The master's pid, once the pid file exists.
+    pub fn master_pid(&self) -> Option<Pid> {
+        let text = std::fs::read_to_string(self.pid_file()).ok()?;
+        text.trim().parse().ok().map(Pid::from_raw)
+    }
+}
+
+impl Drop for NginxConfig {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// An nginx started directly by the test, killed (master and its process group) on drop.
+pub struct Nginx {
+    /// The config it runs.
+    pub config: NginxConfig,
+    /// The master process.
+    pub process: Child,
+}
+
+impl Nginx {
+    /// Starts nginx in its own process group and waits until it accepts connections.
+    pub fn start(label: &str, addr: SocketAddr) -> Self {
+        use std::os::unix::process::CommandExt;
+        let config = NginxConfig::new(label, addr);
+        let argv = config.command();
+        let process = Command::new(&argv[0])
+            .args(&argv[1..])
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nginx (is it installed?)");
+        let nginx = Nginx { config, process };
+        assert!(
+            super::wait_until(Duration::from_secs(10), || std::net::TcpStream::connect(
+                addr
+            )
+            .is_ok()
+                && nginx.config.master_pid().is_some()),
+            "nginx did not start on {addr}"
+        );
+        nginx
+    }
+
+    /// The master's exit code once it has exited, without blocking.
+    pub fn exit_code(&mut self) -> Option<i32> {
+        use std::os::unix::process::ExitStatusExt;
+        let status = self.process.try_wait().ok()??;
+        Some(
+            status
+                .code()
+                .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)),
+        )
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let pid = Pid::from_raw(self.process.id() as i32);
+        let _ = nix::sys::signal::killpg(pid, Signal::SIGKILL);
+        let _ = kill(pid, Signal::SIGKILL);
+        let _ = self.process.wait();
+    }
+}
+
+/// A free loopback port: bound once to learn it, then released.
+pub fn free_addr() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr")
+}
