@@ -21,4 +21,15 @@ if ((${#missing[@]})); then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
+# Python packages for the manifest schemas and the OpenMetrics parser the tests check against.
+python_needs=()
+python3 -c "import prometheus_client" 2>/dev/null || python_needs+=(prometheus-client)
+python3 -c "import kubernetes_validate" 2>/dev/null || python_needs+=(kubernetes-validate==1.37.0)
+if ((${#python_needs[@]})); then
+    echo "test.sh: installing ${python_needs[*]} from PyPI" >&2
+    # Debian's own python3 refuses system-wide installs without the flag (PEP 668).
+    python3 -m pip install -q --break-system-packages "${python_needs[@]}" 2>/dev/null ||
+        python3 -m pip install -q "${python_needs[@]}"
+fi
+
 cargo test --locked

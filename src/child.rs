@@ -7,6 +7,7 @@ use std::os::unix::process::CommandExt;
 use std::process::Command;
 
 use nix::errno::Errno;
+use nix::sys::resource::{self, Resource};
 use nix::sys::signal::{self, SigSet, SigmaskHow, Signal};
 use nix::unistd::{self, Pid};
 
@@ -31,7 +32,14 @@ pub struct App {
 /// Starts `command` as the app. With a terminal on stdin the app becomes the terminal's
 /// foreground process group, so Ctrl-C in `docker run -it` reaches it; otherwise it gets a
 /// session of its own.
-pub fn spawn(command: &[OsString], group: bool) -> Result<App, SpawnError> {
+///
+/// `open_files` is the open-file limit lameduck found at start, restored for the app so that
+/// raising lameduck's own limit changes nothing for it.
+pub fn spawn(
+    command: &[OsString],
+    group: bool,
+    open_files: Option<(u64, u64)>,
+) -> Result<App, SpawnError> {
     let Some((program, args)) = command.split_first() else {
         return Err(SpawnError {
             exit_code: 2,
@@ -44,7 +52,12 @@ pub fn spawn(command: &[OsString], group: bool) -> Result<App, SpawnError> {
     // SAFETY: the closure runs between fork and exec and only makes async-signal-safe calls
     // (sigprocmask, setsid, setpgid, tcsetpgrp) on stack data.
     unsafe {
-        cmd.pre_exec(move || isolate(interactive));
+        cmd.pre_exec(move || {
+            if let Some((soft, hard)) = open_files {
+                resource::setrlimit(Resource::RLIMIT_NOFILE, soft, hard)?;
+            }
+            isolate(interactive)
+        });
     }
     match cmd.spawn() {
         // The Child handle is dropped without waiting: the reaper is the only caller of waitpid.
@@ -67,6 +80,17 @@ pub fn spawn(command: &[OsString], group: bool) -> Result<App, SpawnError> {
             })
         }
     }
+}
+
+/// Raises lameduck's soft open-file limit to the hard limit (many containers start with a soft
+/// limit of 1024), so a flood of idle connections to the endpoints cannot starve the probes of
+/// file descriptors. Returns the limit as found, for the app.
+pub fn raise_open_files() -> Option<(u64, u64)> {
+    let (soft, hard) = resource::getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+    if soft < hard {
+        resource::setrlimit(Resource::RLIMIT_NOFILE, hard, hard).ok()?;
+    }
+    Some((soft, hard))
 }
 
 /// Runs in the forked child before exec: a process group of its own, the terminal's

@@ -43,6 +43,8 @@ pub enum Mode {
         /// The directory to install into.
         dir: std::path::PathBuf,
     },
+    /// Check Kubernetes manifests for settings that still drop requests.
+    Lint(crate::lint::LintArgs),
 }
 
 /// Flags of the default mode, `lameduck [OPTIONS] -- COMMAND [ARGS]...`.
@@ -70,6 +72,23 @@ pub struct WrapArgs {
     /// Poll the app until it is ready: tcp://HOST:PORT or http://HOST:PORT/PATH.
     #[arg(long, value_name = "URL", env = "LAMEDUCK_READY_CHECK")]
     pub ready_check: Option<ReadyCheck>,
+
+    /// Adaptive delay: stop waiting once no new connection reached the app for this long.
+    #[arg(long, value_name = "DURATION", env = "LAMEDUCK_QUIET_PERIOD", value_parser = duration::parse)]
+    pub quiet_period: Option<Duration>,
+
+    /// With --quiet-period: never send the stop signal sooner than this after the drain began.
+    #[arg(long, value_name = "DURATION", default_value = "1s", env = "LAMEDUCK_MIN_DELAY", value_parser = duration::parse)]
+    pub min_delay: Duration,
+
+    /// With --quiet-period: the app's ports to watch [default: the ports the app listens on].
+    #[arg(
+        long = "app-port",
+        value_name = "PORT",
+        env = "LAMEDUCK_APP_PORT",
+        value_delimiter = ','
+    )]
+    pub app_ports: Vec<u16>,
 
     /// How often the ready check runs.
     #[arg(long, value_name = "DURATION", default_value = "1s", env = "LAMEDUCK_READY_INTERVAL", value_parser = duration::parse)]
@@ -139,6 +158,71 @@ pub struct DrainArgs {
     /// The pod's terminationGracePeriodSeconds: the drain is fitted inside it, 2s before the kubelet's SIGKILL.
     #[arg(long, value_name = "DURATION", env = "LAMEDUCK_GRACE_PERIOD", value_parser = duration::parse)]
     pub grace_period: Option<Duration>,
+
+    /// Require `Authorization: Bearer TOKEN` on /prestop (best from a Secret, via the env).
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "LAMEDUCK_PRESTOP_TOKEN",
+        hide_env_values = true
+    )]
+    pub prestop_token: Option<Token>,
+}
+
+/// A secret that never shows in logs or debug output.
+#[derive(Clone)]
+pub struct Token(pub String);
+
+impl std::str::FromStr for Token {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        if text.is_empty() || text.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err("the token must be non-empty, without spaces or control characters".into());
+        }
+        Ok(Token(text.to_owned()))
+    }
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(***)")
+    }
+}
+
+/// The adaptive delay after validation.
+#[derive(Clone, Debug)]
+pub struct QuietConfig {
+    /// How long without a new connection counts as quiet.
+    pub period: Duration,
+    /// The earliest the stop signal may go out after the drain began.
+    pub min_delay: Duration,
+    /// Ports to watch; empty means the ports the app listens on.
+    pub app_ports: Vec<u16>,
+}
+
+impl WrapArgs {
+    /// Validates the adaptive delay flags against the shutdown delay.
+    pub fn quiet(&self, config: &DrainConfig) -> Result<Option<QuietConfig>, String> {
+        let Some(period) = self.quiet_period else {
+            return Ok(None);
+        };
+        if self.min_delay > config.shutdown_delay {
+            return Err(format!(
+                "--min-delay {} is longer than --shutdown-delay {}, which bounds the adaptive delay",
+                duration::format(self.min_delay),
+                duration::format(config.shutdown_delay)
+            ));
+        }
+        if period.is_zero() {
+            return Err("--quiet-period must be longer than 0".into());
+        }
+        Ok(Some(QuietConfig {
+            period,
+            min_delay: self.min_delay,
+            app_ports: self.app_ports.clone(),
+        }))
+    }
 }
 
 /// Logging flags.
@@ -212,6 +296,8 @@ pub struct DrainConfig {
     /// The latest moment after the start of the drain at which lameduck kills what is left,
     /// when a grace period was given.
     pub kill_budget: Option<Duration>,
+    /// The bearer token /prestop demands, if any.
+    pub prestop_token: Option<Token>,
 }
 
 impl DrainArgs {
@@ -251,6 +337,7 @@ impl DrainArgs {
             stop_signal,
             readiness_during_delay: self.readiness_during_delay,
             kill_budget,
+            prestop_token: self.prestop_token.clone(),
         })
     }
 }
@@ -282,7 +369,10 @@ pub fn parse() -> Cli {
                 }
             }
             let first = first.strip_prefix("error: ").unwrap_or(&first);
-            eprintln!("lameduck: {first} (see 'lameduck --help')");
+            crate::say(
+                std::io::stderr(),
+                format_args!("lameduck: {first} (see 'lameduck --help')"),
+            );
             std::process::exit(crate::EXIT_USAGE);
         }
     }

@@ -8,20 +8,24 @@ use std::time::Duration;
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, watch};
 
 use crate::cli::DrainConfig;
+use crate::metrics::Metrics;
 use crate::phase::{Event, Phase};
 use crate::status::Snapshot;
 
-/// At most this many connections are served at once; more are closed on accept.
-const MAX_CONNECTIONS: usize = 256;
-/// A client must send its request head within this time.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// At most this many connections are served at once; more are closed on accept, so abuse
+/// costs connections, not memory (each idle one holds a few KiB).
+const MAX_CONNECTIONS: usize = 1024;
+/// A client must send each request head within this time, the first one and each one on a
+/// kept-alive connection alike: slow or idle clients cannot hold a slot for longer.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(3);
 /// Largest request head accepted; no endpoint takes a body.
 const MAX_HEAD_BYTES: usize = 8 * 1024;
 
@@ -37,6 +41,8 @@ pub struct Endpoints {
     pub prestop_until: Phase,
     /// The longest `/prestop` holds its answer.
     pub prestop_hold: Duration,
+    /// The counters `/metrics` reports.
+    pub metrics: Arc<Metrics>,
 }
 
 /// Accepts connections until the runtime shuts down.
@@ -77,12 +83,40 @@ async fn route(endpoints: &Endpoints, request: Request<Incoming>) -> Response<Fu
         "/readyz" if readable => readyz(&endpoints.status.borrow()),
         "/livez" if readable => text(StatusCode::OK, "ok\n"),
         "/status" if readable => json(endpoints.status.borrow().to_json(&endpoints.config)),
-        "/prestop" if readable || method == Method::POST => prestop(endpoints).await,
-        "/readyz" | "/livez" | "/status" | "/prestop" => {
+        "/metrics" if readable => respond(
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            endpoints.metrics.render(&endpoints.status.borrow()),
+        ),
+        "/prestop" if readable || method == Method::POST => {
+            if authorized(&endpoints.config, &request) {
+                prestop(endpoints).await
+            } else {
+                tracing::warn!("refused a /prestop call without the right bearer token");
+                text(StatusCode::UNAUTHORIZED, "a bearer token is required\n")
+            }
+        }
+        "/readyz" | "/livez" | "/status" | "/metrics" | "/prestop" => {
             text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
+}
+
+/// Whether `request` may start a drain: always without `--prestop-token`, otherwise only with
+/// `Authorization: Bearer <token>`, compared in constant time.
+fn authorized(config: &DrainConfig, request: &Request<Incoming>) -> bool {
+    let Some(token) = &config.prestop_token else {
+        return true;
+    };
+    let Some(given) = request.headers().get(AUTHORIZATION) else {
+        return false;
+    };
+    let given = given.as_bytes();
+    let Some(given) = given.strip_prefix(b"Bearer ") else {
+        return false;
+    };
+    bool::from(given.ct_eq(token.0.as_bytes()))
 }
 
 fn readyz(snapshot: &Snapshot) -> Response<Full<Bytes>> {

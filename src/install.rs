@@ -14,11 +14,17 @@ pub const EXIT_FAILED: i32 = 1;
 pub fn run(dir: &Path) -> i32 {
     match install(dir) {
         Ok(target) => {
-            println!("installed {}", target.display());
+            crate::say(
+                std::io::stdout(),
+                format_args!("installed {}", target.display()),
+            );
             0
         }
         Err(err) => {
-            eprintln!("lameduck: cannot install into {}: {err}", dir.display());
+            crate::say(
+                std::io::stderr(),
+                format_args!("lameduck: cannot install into {}: {err}", dir.display()),
+            );
             EXIT_FAILED
         }
     }

@@ -17,7 +17,10 @@ pub fn init(args: &LogArgs) {
         .with_writer(std::io::stderr)
         .with_max_level(level)
         .with_target(false)
-        .with_ansi(false);
+        .with_ansi(false)
+        // The default reports a failed write with eprintln!, which panics when stderr is a
+        // closed pipe: a log collector going away must not take PID 1 with it.
+        .log_internal_errors(false);
     // Only fails when a subscriber is already installed, which cannot happen: init runs once.
     let _ = match args.log_format {
         LogFormat::Text => builder.try_init(),

@@ -5,12 +5,17 @@
 //! app exists, so none is lost), bind the endpoints, spawn the app, supervise it, exit with
 //! its status.
 
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
 mod child;
 mod cli;
 mod duration;
 mod http;
 mod install;
+mod lint;
 mod logging;
+mod metrics;
 mod phase;
 mod readiness;
 mod reaper;
@@ -20,12 +25,18 @@ mod status;
 mod supervisor;
 mod target;
 mod timers;
+mod traffic;
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use signal_hook::iterator::exfiltrator::origin::WithOrigin;
 use signal_hook_tokio::SignalsInfo;
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
-use crate::cli::{Mode, WrapArgs};
+use crate::cli::{DrainConfig, Mode, WrapArgs};
+use crate::metrics::Metrics;
 use crate::phase::Phase;
 use crate::signals::Rewrites;
 use crate::status::Snapshot;
@@ -38,6 +49,7 @@ fn main() {
     let cli = cli::parse();
     let code = match cli.mode {
         Some(Mode::Install { dir }) => install::run(&dir),
+        Some(Mode::Lint(args)) => lint::run(&args),
         Some(Mode::Sidecar(args)) => sidecar::run(args),
         None => wrap(cli.wrap),
     };
@@ -52,6 +64,10 @@ fn wrap(args: WrapArgs) -> i32 {
         Ok(config) => config,
         Err(message) => return fatal(EXIT_USAGE, &message),
     };
+    let quiet = match args.quiet(&config) {
+        Ok(quiet) => quiet,
+        Err(message) => return fatal(EXIT_USAGE, &message),
+    };
     let pid1 = std::process::id() == 1;
     if !pid1 {
         // Orphans of the app are reparented to lameduck, so it can reap them as PID 1 would.
@@ -59,12 +75,9 @@ fn wrap(args: WrapArgs) -> i32 {
             tracing::warn!(%err, "cannot become a subreaper; orphans of the app will not be reaped");
         }
     }
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime() {
         Ok(runtime) => runtime,
-        Err(err) => return fatal(1, &format!("cannot start the runtime: {err}")),
+        Err(code) => return code,
     };
     runtime.block_on(async move {
         let mut caught: Vec<i32> = signals::FORWARDED.iter().map(|&s| s as i32).collect();
@@ -73,19 +86,13 @@ fn wrap(args: WrapArgs) -> i32 {
             Ok(signals) => signals,
             Err(err) => return fatal(1, &format!("cannot install signal handlers: {err}")),
         };
-        let listener = match tokio::net::TcpListener::bind(config.listen).await {
+        let listener = match bind(&config).await {
             Ok(listener) => listener,
-            Err(err) => {
-                return fatal(
-                    EXIT_USAGE,
-                    &format!("cannot listen on {}: {err}", config.listen),
-                );
-            }
+            Err(code) => return code,
         };
-        if let Ok(addr) = listener.local_addr() {
-            tracing::info!(%addr, "endpoints listening");
-        }
-        let app = match child::spawn(&args.command, args.group) {
+        let listen_port = announce(&listener, &config);
+        let open_files = child::raise_open_files();
+        let app = match child::spawn(&args.command, args.group, open_files) {
             Ok(app) => app,
             Err(err) => return fatal(err.exit_code, &err.message),
         };
@@ -94,6 +101,7 @@ fn wrap(args: WrapArgs) -> i32 {
         let (events_tx, events_rx) = mpsc::channel(64);
         let (status_tx, status_rx) =
             watch::channel(Snapshot::starting("wrapper", app.pid.as_raw()));
+        let metrics = Arc::new(Metrics::default());
         tokio::spawn(http::serve(
             listener,
             http::Endpoints {
@@ -101,7 +109,8 @@ fn wrap(args: WrapArgs) -> i32 {
                 events: events_tx.clone(),
                 config: config.clone(),
                 prestop_until: Phase::Stopping,
-                prestop_hold: config.shutdown_delay + std::time::Duration::from_secs(1),
+                prestop_hold: config.shutdown_delay + Duration::from_secs(1),
+                metrics: Arc::clone(&metrics),
             },
         ));
         match args.ready_check {
@@ -119,9 +128,47 @@ fn wrap(args: WrapArgs) -> i32 {
             rewrites,
             pid1,
             status: status_tx,
+            metrics,
+            quiet,
+            listen_port,
         };
         supervisor.run(signals, events_rx).await
     })
+}
+
+/// The single-threaded runtime every mode runs on.
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, i32> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|err| fatal(1, &format!("cannot start the runtime: {err}")))
+}
+
+/// Binds the endpoints' listener; a taken port is a configuration error.
+pub(crate) async fn bind(config: &DrainConfig) -> Result<TcpListener, i32> {
+    TcpListener::bind(config.listen).await.map_err(|err| {
+        fatal(
+            EXIT_USAGE,
+            &format!("cannot listen on {}: {err}", config.listen),
+        )
+    })
+}
+
+/// Logs where the endpoints listen, and who can start a drain; returns the port.
+pub(crate) fn announce(listener: &TcpListener, config: &DrainConfig) -> u16 {
+    let Ok(addr) = listener.local_addr() else {
+        return config.listen.port();
+    };
+    tracing::info!(%addr, "endpoints listening");
+    if config.prestop_token.is_none() {
+        tracing::warn!(%addr, "/prestop has no --prestop-token: anyone who can reach this address can start a drain");
+    }
+    addr.port()
+}
+
+/// Writes one line to stdout or stderr. Unlike println!, it never panics when the stream is closed.
+pub(crate) fn say(mut stream: impl std::io::Write, line: std::fmt::Arguments<'_>) {
+    let _ = writeln!(stream, "{line}");
 }
 
 /// Logs one line and returns the exit code to leave with.

@@ -47,7 +47,10 @@ impl Phase {
 /// Something that happened, reported to the supervisor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Event {
-    /// lameduck received this signal (never SIGCHLD, which the reaper consumes).
+    /// lameduck received a signal that asks it to stop: SIGTERM, SIGINT, or the app's own
+    /// stop signal (which a container runtime sends when the image's STOPSIGNAL is that).
+    Shutdown(Signal),
+    /// lameduck received a signal to pass on (never SIGCHLD, which the reaper consumes).
     Signal(Signal),
     /// `/prestop` was called.
     PreStop,
@@ -55,6 +58,8 @@ pub enum Event {
     AppReady(bool),
     /// The shutdown delay has passed.
     DelayElapsed,
+    /// No new connection reached the app for the quiet period (`--quiet-period`).
+    TrafficQuiet,
     /// The drain timeout has run out.
     DrainTimeout,
     /// The app exited with this status (its code, or 128+N for signal N).
@@ -81,20 +86,15 @@ pub enum Action {
 /// Why a phase changed, for the log.
 pub fn reason(event: Event) -> &'static str {
     match event {
-        Event::Signal(Signal::SIGINT) => "SIGINT",
-        Event::Signal(_) => "SIGTERM",
+        Event::Shutdown(signal) | Event::Signal(signal) => signal.as_str(),
         Event::PreStop => "prestop",
         Event::AppReady(true) => "app ready",
         Event::AppReady(false) => "app not ready",
         Event::DelayElapsed => "shutdown delay elapsed",
+        Event::TrafficQuiet => "no new connections for the quiet period",
         Event::DrainTimeout => "drain timeout",
         Event::AppExited(_) => "app exited",
     }
-}
-
-/// Signals that start the drain instead of being forwarded.
-fn is_shutdown_signal(signal: Signal) -> bool {
-    matches!(signal, Signal::SIGTERM | Signal::SIGINT)
 }
 
 /// The one transition function: given the phase and an event, the next phase and at most one action.
@@ -109,19 +109,19 @@ pub fn step(phase: Phase, event: Event) -> (Phase, Option<Action>) {
         (Ready, Event::AppReady(false)) => (Starting, None),
         (_, Event::AppReady(_)) => (phase, None),
 
-        (_, Event::Signal(signal)) if !is_shutdown_signal(signal) => (phase, Some(Forward(signal))),
+        (_, Event::Signal(signal)) => (phase, Some(Forward(signal))),
 
-        (Starting | Ready, Event::Signal(_) | Event::PreStop) => (Draining, Some(StartDelay)),
+        (Starting | Ready, Event::Shutdown(_) | Event::PreStop) => (Draining, Some(StartDelay)),
         // An impatient second SIGTERM skips the rest of the delay; a repeated hook does not.
-        (Draining, Event::Signal(_)) => (Stopping, Some(SendStopSignal)),
+        (Draining, Event::Shutdown(_)) => (Stopping, Some(SendStopSignal)),
         (Draining, Event::PreStop) => (Draining, Some(Absorbed)),
-        (Draining, Event::DelayElapsed) => (Stopping, Some(SendStopSignal)),
+        (Draining, Event::DelayElapsed | Event::TrafficQuiet) => (Stopping, Some(SendStopSignal)),
         // The stop signal goes out exactly once: repeats could turn a graceful stop into a fast one.
-        (Stopping | Killing, Event::Signal(_) | Event::PreStop) => (phase, Some(Absorbed)),
+        (Stopping | Killing, Event::Shutdown(_) | Event::PreStop) => (phase, Some(Absorbed)),
         (Stopping, Event::DrainTimeout) => (Killing, Some(KillAll)),
 
         // Timers that fire after the phase they were armed for has passed.
-        (_, Event::DelayElapsed | Event::DrainTimeout) => (phase, None),
+        (_, Event::DelayElapsed | Event::TrafficQuiet | Event::DrainTimeout) => (phase, None),
     }
 }
 
@@ -135,21 +135,22 @@ mod tests {
 
     fn events() -> Vec<Event> {
         vec![
-            Event::Signal(Signal::SIGTERM),
-            Event::Signal(Signal::SIGINT),
+            Event::Shutdown(Signal::SIGTERM),
+            Event::Shutdown(Signal::SIGINT),
             Event::Signal(Signal::SIGHUP),
             Event::PreStop,
             Event::AppReady(true),
             Event::AppReady(false),
             Event::DelayElapsed,
+            Event::TrafficQuiet,
             Event::DrainTimeout,
             Event::AppExited(3),
         ]
     }
 
     fn expected(phase: Phase, event: Event) -> (Phase, Option<Action>) {
-        let term = Event::Signal(Signal::SIGTERM);
-        let int = Event::Signal(Signal::SIGINT);
+        let term = Event::Shutdown(Signal::SIGTERM);
+        let int = Event::Shutdown(Signal::SIGINT);
         let hup = Event::Signal(Signal::SIGHUP);
         match phase {
             Exited => (Exited, None),
@@ -160,7 +161,12 @@ mod tests {
             }
             Starting if event == Event::AppReady(true) => (Ready, None),
             Ready if event == Event::AppReady(false) => (Starting, None),
-            Draining if event == term || event == int || event == Event::DelayElapsed => {
+            Draining
+                if event == term
+                    || event == int
+                    || event == Event::DelayElapsed
+                    || event == Event::TrafficQuiet =>
+            {
                 (Stopping, Some(SendStopSignal))
             }
             Draining if event == Event::PreStop => (Draining, Some(Absorbed)),
@@ -191,10 +197,10 @@ mod tests {
         let mut actions = vec![];
         for event in [
             Event::AppReady(true),
-            Event::Signal(Signal::SIGTERM),
+            Event::Shutdown(Signal::SIGTERM),
             Event::PreStop,
             Event::DelayElapsed,
-            Event::Signal(Signal::SIGTERM),
+            Event::Shutdown(Signal::SIGTERM),
             Event::DrainTimeout,
             Event::AppExited(137),
         ] {

@@ -4,6 +4,7 @@
 //! stop signal through a pidfd, and the answer comes once the app has exited. Without a shared
 //! process namespace only the delay is possible, and the sidecar says so.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
@@ -12,9 +13,10 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::cli::{DrainConfig, SidecarArgs};
+use crate::metrics::Metrics;
 use crate::phase::{self, Action, Event, Phase};
 use crate::signals::{Rewrites, short_name};
-use crate::status::{self, Snapshot, log_delay_started, log_stop_signal_sent};
+use crate::status::{self, Snapshot, log_stop_signal_sent};
 use crate::target::{Selector, Target};
 use crate::timers::{Timers, at};
 use crate::{EXIT_USAGE, fatal, logging};
@@ -49,30 +51,21 @@ pub fn run(args: SidecarArgs) -> i32 {
             None
         }
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match crate::runtime() {
         Ok(runtime) => runtime,
-        Err(err) => return fatal(1, &format!("cannot start the runtime: {err}")),
+        Err(code) => return code,
     };
     runtime.block_on(async move {
         let signals = match Signals::new([Signal::SIGTERM as i32, Signal::SIGINT as i32]) {
             Ok(signals) => signals,
             Err(err) => return fatal(1, &format!("cannot install signal handlers: {err}")),
         };
-        let listener = match tokio::net::TcpListener::bind(config.listen).await {
+        crate::child::raise_open_files();
+        let listener = match crate::bind(&config).await {
             Ok(listener) => listener,
-            Err(err) => {
-                return fatal(
-                    EXIT_USAGE,
-                    &format!("cannot listen on {}: {err}", config.listen),
-                );
-            }
+            Err(code) => return code,
         };
-        if let Ok(addr) = listener.local_addr() {
-            tracing::info!(%addr, "endpoints listening");
-        }
+        crate::announce(&listener, &config);
         let mode = if selector.is_some() {
             "sidecar"
         } else {
@@ -80,6 +73,7 @@ pub fn run(args: SidecarArgs) -> i32 {
         };
         let (events_tx, events_rx) = mpsc::channel(64);
         let (status_tx, status_rx) = watch::channel(Snapshot::starting(mode, 0));
+        let metrics = Arc::new(Metrics::default());
         tokio::spawn(crate::http::serve(
             listener,
             crate::http::Endpoints {
@@ -92,6 +86,7 @@ pub fn run(args: SidecarArgs) -> i32 {
                     Phase::Stopping
                 },
                 prestop_hold: config.shutdown_delay + config.drain_timeout + Duration::from_secs(1),
+                metrics: Arc::clone(&metrics),
             },
         ));
         Sidecar {
@@ -100,6 +95,7 @@ pub fn run(args: SidecarArgs) -> i32 {
             status: status_tx,
             target: None,
             timers: Timers::default(),
+            metrics,
         }
         .run(signals, events_rx)
         .await
@@ -112,6 +108,7 @@ struct Sidecar {
     status: watch::Sender<Snapshot>,
     target: Option<Target>,
     timers: Timers,
+    metrics: Arc<Metrics>,
 }
 
 impl Sidecar {
@@ -172,7 +169,7 @@ impl Sidecar {
             match action {
                 Some(Action::StartDelay) => {
                     self.timers.start_delay(&self.config);
-                    log_delay_started(&self.config);
+                    status::delay_started(&self.status, &self.config);
                 }
                 Some(Action::SendStopSignal) => self.send_stop_signal(),
                 Some(Action::KillAll) => self.kill(),
@@ -257,6 +254,7 @@ impl Sidecar {
             }
             None => target.signal(Signal::SIGKILL),
         };
+        self.metrics.forced_kills.inc();
         match result {
             Ok(()) => tracing::warn!(
                 pid = target.pid,

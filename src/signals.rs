@@ -35,6 +35,13 @@ pub const FORWARDED: &[Signal] = &[
     Signal::SIGPWR,
 ];
 
+/// Whether `signal`, received by lameduck, asks it to stop rather than to be forwarded: SIGTERM
+/// and SIGINT, and the app's own stop signal, which a container runtime sends in their place
+/// when the image's STOPSIGNAL is set to it (the nginx image says SIGQUIT).
+pub fn starts_drain(signal: Signal, stop_signal: Signal) -> bool {
+    matches!(signal, Signal::SIGTERM | Signal::SIGINT) || signal == stop_signal
+}
+
 /// A signal as written on the command line: `TERM`, `SIGTERM`, `term` or `15`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SignalArg(pub Signal);

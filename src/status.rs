@@ -26,6 +26,12 @@ pub struct Snapshot {
     pub mode: &'static str,
     /// Every phase entered so far, with when.
     pub transitions: Vec<(Phase, SystemTime)>,
+    /// Whether the app's own ready check passes (true without one).
+    pub app_ready: bool,
+    /// When the shutdown delay ends, once the drain has begun.
+    pub delay_ends: Option<SystemTime>,
+    /// Connections open to the app's ports, while the adaptive delay watches them.
+    pub open_connections: Option<usize>,
 }
 
 impl Snapshot {
@@ -37,7 +43,22 @@ impl Snapshot {
             app_pid,
             mode,
             transitions: vec![(Phase::Starting, SystemTime::now())],
+            app_ready: false,
+            delay_ends: None,
+            open_connections: None,
         }
+    }
+
+    /// Time left in the shutdown delay while draining.
+    pub fn delay_left(&self) -> Option<Duration> {
+        if self.phase != Phase::Draining {
+            return None;
+        }
+        let ends = self.delay_ends?;
+        Some(
+            ends.duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO),
+        )
     }
 
     /// The /status body.
@@ -53,6 +74,9 @@ impl Snapshot {
             "app_pid": self.app_pid,
             "mode": self.mode,
             "transitions": transitions,
+            "app_ready": self.app_ready,
+            "delay_left_ms": self.delay_left().map(|left| left.as_millis() as u64),
+            "open_connections": self.open_connections,
             "shutdown_delay": duration::format(config.shutdown_delay),
             "drain_timeout": duration::format(config.drain_timeout),
             "stop_signal": short_name(config.stop_signal),
@@ -91,8 +115,10 @@ pub fn advance(
     });
 }
 
-/// The log line at the start of the shutdown delay.
-pub fn log_delay_started(config: &DrainConfig) {
+/// Reports the start of the shutdown delay: in the snapshot (its end) and in the log.
+pub fn delay_started(status: &watch::Sender<Snapshot>, config: &DrainConfig) {
+    let ends = SystemTime::now() + config.shutdown_delay;
+    status.send_modify(|snapshot| snapshot.delay_ends = Some(ends));
     tracing::info!(
         shutdown_delay_ms = config.shutdown_delay.as_millis() as u64,
         "readiness fails; waiting for endpoints to drop this pod before stopping the app"

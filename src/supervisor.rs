@@ -2,6 +2,7 @@
 //! `phase::step`, and carries out the actions. It alone writes the phase, owns the timers and
 //! decides when lameduck exits.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_core::Stream;
@@ -13,17 +14,21 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::child::App;
-use crate::cli::DrainConfig;
+use crate::cli::{DrainConfig, QuietConfig};
+use crate::metrics::Metrics;
 use crate::phase::{self, Action, Event, Phase};
 use crate::reaper;
-use crate::signals::{Rewrites, short_name};
-use crate::status::{self, Snapshot, log_delay_started, log_stop_signal_sent};
+use crate::signals::{self, Rewrites, short_name};
+use crate::status::{self, Snapshot, log_stop_signal_sent};
 use crate::timers::{Timers, at};
+use crate::traffic::{self, TrafficWatch};
 
 /// How long what the app left behind gets between SIGTERM and SIGKILL once the app has exited.
 const LEFTOVER_GRACE: Duration = Duration::from_secs(2);
 /// A periodic reap in case a SIGCHLD was coalesced or missed.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the adaptive delay reads the socket tables.
+const TRAFFIC_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Everything the supervisor needs to run one app to its end.
 pub struct Supervisor {
@@ -37,6 +42,18 @@ pub struct Supervisor {
     pub pid1: bool,
     /// Where the snapshot is published.
     pub status: watch::Sender<Snapshot>,
+    /// The counters /metrics reports.
+    pub metrics: Arc<Metrics>,
+    /// The adaptive delay, when `--quiet-period` is set.
+    pub quiet: Option<QuietConfig>,
+    /// The port lameduck's own endpoints listen on, never counted as the app's.
+    pub listen_port: u16,
+}
+
+/// The adaptive delay at work: the watch and when a connection last arrived.
+struct Quiet {
+    watch: TrafficWatch,
+    last_arrival: Instant,
 }
 
 impl Supervisor {
@@ -51,6 +68,8 @@ impl Supervisor {
         let mut timers = Timers::default();
         let mut sweep_timer = tokio::time::interval(SWEEP_INTERVAL);
         sweep_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut traffic_timer = tokio::time::interval(TRAFFIC_INTERVAL);
+        let mut quiet: Option<Quiet> = None;
         let code = loop {
             let event = tokio::select! {
                 origin = next_signal(&mut signals) => match self.signal_event(origin) {
@@ -70,7 +89,17 @@ impl Supervisor {
                     Some(status) => Event::AppExited(status),
                     None => continue,
                 },
+                _ = traffic_timer.tick(), if phase == Phase::Draining && quiet.is_some() => {
+                    match self.watch_traffic(quiet.as_mut(), timers.drain_started) {
+                        Some(event) => event,
+                        None => continue,
+                    }
+                }
             };
+            if let Event::AppReady(ready) = event {
+                self.status
+                    .send_modify(|snapshot| snapshot.app_ready = ready);
+            }
             let (next, action) = phase::step(phase, event);
             if next != phase {
                 status::advance(
@@ -85,6 +114,10 @@ impl Supervisor {
             match action {
                 None => {}
                 Some(Action::Exit(status)) => break status,
+                Some(Action::StartDelay) => {
+                    self.perform(Action::StartDelay, &mut timers);
+                    quiet = self.start_watching_traffic();
+                }
                 Some(action) => self.perform(action, &mut timers),
             }
         };
@@ -104,13 +137,76 @@ impl Supervisor {
             return None;
         }
         tracing::debug!(signal = %short_name(signal), from = ?origin.process.map(|p| p.pid), "received signal");
-        Some(Event::Signal(signal))
+        if signals::starts_drain(signal, self.config.stop_signal) {
+            Some(Event::Shutdown(signal))
+        } else {
+            Some(Event::Signal(signal))
+        }
+    }
+
+    /// With `--quiet-period`, starts watching new connections to the app's ports.
+    fn start_watching_traffic(&self) -> Option<Quiet> {
+        let config = self.quiet.as_ref()?;
+        let ports = if config.app_ports.is_empty() {
+            traffic::listening_ports(&self.app.leftovers(self.pid1), self.listen_port)
+        } else {
+            config.app_ports.clone()
+        };
+        if ports.is_empty() {
+            tracing::warn!(
+                "no listening port of the app found (name them with --app-port); waiting the full shutdown delay"
+            );
+            return None;
+        }
+        tracing::info!(
+            ?ports,
+            quiet_period_ms = config.period.as_millis() as u64,
+            "watching new connections to the app"
+        );
+        Some(Quiet {
+            watch: TrafficWatch::new(ports),
+            last_arrival: Instant::now(),
+        })
+    }
+
+    /// One look at the app's traffic: `TrafficQuiet` once nothing new arrived for the quiet
+    /// period and the minimum delay has passed.
+    fn watch_traffic(
+        &self,
+        quiet: Option<&mut Quiet>,
+        drain_started: Option<Instant>,
+    ) -> Option<Event> {
+        let (quiet, config, drain_started) = (quiet?, self.quiet.as_ref()?, drain_started?);
+        let (new, open) = quiet.watch.poll();
+        let now = Instant::now();
+        if new > 0 {
+            quiet.last_arrival = now;
+            self.metrics.drain_new_connections.inc_by(new as u64);
+        }
+        self.status
+            .send_modify(|snapshot| snapshot.open_connections = Some(open));
+        let quiet_for = now - quiet.last_arrival;
+        if quiet_for < config.period || now - drain_started < config.min_delay {
+            return None;
+        }
+        tracing::info!(
+            quiet_ms = quiet_for.as_millis() as u64,
+            waited_ms = (now - drain_started).as_millis() as u64,
+            saved_ms = self.config.shutdown_delay.saturating_sub(now - drain_started).as_millis() as u64,
+            ports = ?quiet.watch.ports(),
+            "no new connections for the quiet period; stopping the app before the full shutdown delay"
+        );
+        Some(Event::TrafficQuiet)
     }
 
     fn perform(&self, action: Action, timers: &mut Timers) {
         match action {
             Action::Forward(received) => {
                 let sent = self.rewrites.apply(received);
+                self.metrics
+                    .signals_forwarded
+                    .get_or_create(&vec![("signal", short_name(sent))])
+                    .inc();
                 match self.app.signal(sent) {
                     Ok(()) => tracing::debug!(
                         received = %short_name(received),
@@ -124,7 +220,7 @@ impl Supervisor {
             }
             Action::StartDelay => {
                 timers.start_delay(&self.config);
-                log_delay_started(&self.config);
+                status::delay_started(&self.status, &self.config);
             }
             Action::SendStopSignal => {
                 let left = timers.start_drain_timeout(&self.config);
@@ -139,6 +235,7 @@ impl Supervisor {
             Action::KillAll => {
                 let pids = self.app.leftovers(self.pid1);
                 self.app.signal_everything(Signal::SIGKILL, self.pid1);
+                self.metrics.forced_kills.inc();
                 tracing::warn!(killed = ?describe(&pids), "drain timeout ran out; sent SIGKILL to every process left");
             }
             Action::Absorbed => {

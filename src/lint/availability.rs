@@ -1,0 +1,190 @@
+//! Whether enough pods stay up while some shut down: replicas, the rollout strategy, the
+//! PodDisruptionBudgets that select a workload's pods, and Services that route to pods that
+//! are not ready. Checked across every object lint was given, so a PDB in another file counts.
+
+use super::manifest::{Count, Kind, Object, Path, selects, service_selects};
+use super::report::{Finding, Findings, Rule};
+use super::yaml::Node;
+
+/// Checks the workloads in `drained` (those running lameduck) against all `objects`.
+pub fn check(objects: &[Object<'_>], drained: &[&Object<'_>], list: &mut Vec<Finding>) {
+    let budgets: Vec<&Object<'_>> = objects
+        .iter()
+        .filter(|o| o.kind == Kind::PodDisruptionBudget)
+        .collect();
+    // Budgets already judged against the workload they select.
+    let mut judged: Vec<&Node> = Vec::new();
+    for workload in drained {
+        let Some(pod) = workload.pod() else {
+            continue;
+        };
+        for service in objects.iter().filter(|o| o.kind == Kind::Service) {
+            let publishes = service.node.at(&["spec", "publishNotReadyAddresses"]);
+            if publishes.is_some_and(Node::is_true)
+                && service.shares_namespace_with(workload)
+                && service_selects(service.node.at(&["spec", "selector"]), pod.labels)
+            {
+                Findings::new(service, list).add(
+                    Rule::ServicePublishesNotReady,
+                    None,
+                    &service.path.keys(&["spec", "publishNotReadyAddresses"]),
+                    format!("the Service routes to {}/{}'s pods even when they are not ready, so failing readiness during a drain takes no pod out", workload.kind.name(), workload.name),
+                    "remove publishNotReadyAddresses (or set it to false)".into(),
+                );
+            }
+        }
+        if !matches!(workload.kind, Kind::Deployment | Kind::StatefulSet) {
+            continue;
+        }
+        let replicas_path = workload.path.keys(&["spec", "replicas"]);
+        let replicas = workload
+            .node
+            .at(&["spec", "replicas"])
+            .map_or(Some(1), Node::int);
+        let Some(replicas) = replicas else {
+            continue;
+        };
+        let mut findings = Findings::new(workload, list);
+        if replicas < 2 {
+            findings.add(
+                Rule::ReplicasLow,
+                None,
+                &replicas_path,
+                format!("{replicas} replica{}: every rollout, eviction or node drain leaves no pod to take the traffic", if replicas == 1 { "" } else { "s" }),
+                "set replicas: 2 or more".into(),
+            );
+        }
+        rollout(workload, replicas, &mut findings);
+        let selecting: Vec<&Object<'_>> = budgets
+            .iter()
+            .copied()
+            .filter(|pdb| {
+                pdb.shares_namespace_with(workload)
+                    && selects(pdb.node.at(&["spec", "selector"]), pod.labels)
+            })
+            .collect();
+        if selecting.is_empty() {
+            findings.add(
+                Rule::PdbMissing,
+                None,
+                &pod.labels_path,
+                "no PodDisruptionBudget selects these pods: a node drain may evict all of them at once".into(),
+                "add a PodDisruptionBudget with minAvailable: 1 whose selector matches these labels".into(),
+            );
+        }
+        for pdb in selecting {
+            budget(pdb, Some((workload, replicas)), list);
+            judged.push(pdb.node);
+        }
+    }
+    // Budgets that select no workload given here can still be wrong on their own.
+    for pdb in budgets {
+        if !judged.iter().any(|node| std::ptr::eq(*node, pdb.node)) {
+            budget(pdb, None, list);
+        }
+    }
+}
+
+/// A rollout must never take every pod down at once.
+fn rollout(workload: &Object<'_>, replicas: i64, findings: &mut Findings<'_, '_>) {
+    if replicas < 1 {
+        return;
+    }
+    // Deployments round a maxUnavailable percentage down, StatefulSets up.
+    let (strategy, default, round_up): (&[&str], Option<Count>, bool) = match workload.kind {
+        Kind::Deployment => (&["spec", "strategy"], Some(Count::Percent(25)), false),
+        // Without maxUnavailable a StatefulSet updates one pod at a time.
+        _ => (&["spec", "updateStrategy"], None, true),
+    };
+    let strategy_path = workload.path.keys(strategy);
+    let strategy_node = workload.node.at(strategy);
+    let kind = strategy_node
+        .and_then(|s| s.get("type"))
+        .and_then(Node::text);
+    if workload.kind == Kind::Deployment && kind == Some("Recreate") {
+        findings.add(
+            Rule::RolloutAllDown,
+            None,
+            &strategy_path.key("type"),
+            "strategy Recreate stops every pod before starting new ones".into(),
+            "use type: RollingUpdate with a maxUnavailable below the replica count".into(),
+        );
+        return;
+    }
+    let written = strategy_node
+        .and_then(|s| s.at(&["rollingUpdate", "maxUnavailable"]))
+        .and_then(Count::read);
+    let Some(max_unavailable) = written.or(default) else {
+        return;
+    };
+    if max_unavailable.of(replicas, round_up) >= replicas {
+        findings.add(
+            Rule::RolloutAllDown,
+            None,
+            &strategy_path.keys(&["rollingUpdate", "maxUnavailable"]),
+            format!(
+                "maxUnavailable {} lets a rollout take all {replicas} replicas down at once",
+                show(max_unavailable)
+            ),
+            if workload.kind == Kind::Deployment {
+                "set rollingUpdate.maxUnavailable below the replica count (0 with maxSurge: 1 keeps every pod serving)"
+            } else {
+                "set rollingUpdate.maxUnavailable below the replica count"
+            }
+            .into(),
+        );
+    }
+}
+
+/// A PodDisruptionBudget must keep at least one pod; `selected` is the workload it selects
+/// and its replicas, when that is known.
+fn budget(pdb: &Object<'_>, selected: Option<(&Object<'_>, i64)>, list: &mut Vec<Finding>) {
+    let spec = |key: &str| pdb.node.at(&["spec", key]).and_then(Count::read);
+    let path = |key: &str| -> Path { pdb.path.keys(&["spec", key]) };
+    let of = selected
+        .map(|(w, r)| format!(" of {}/{} ({r} replicas)", w.kind.name(), w.name))
+        .unwrap_or_default();
+    let mut findings = Findings::new(pdb, list);
+    let fix = "use minAvailable: 1, or a maxUnavailable below the replica count";
+    if let Some(min) = spec("minAvailable")
+        && matches!(min, Count::Pods(n) | Count::Percent(n) if n <= 0)
+    {
+        findings.add(
+            Rule::PdbAllowsAllDown,
+            None,
+            &path("minAvailable"),
+            format!(
+                "minAvailable {} lets every pod{of} be evicted at once",
+                show(min)
+            ),
+            fix.into(),
+        );
+    }
+    if let Some(max) = spec("maxUnavailable") {
+        let all_down = match (max, selected) {
+            (Count::Percent(p), _) if p >= 100 => true,
+            // Budgets round a percentage up.
+            (_, Some((_, replicas))) => replicas > 0 && max.of(replicas, true) >= replicas,
+            _ => false,
+        };
+        if all_down {
+            findings.add(
+                Rule::PdbAllowsAllDown,
+                None,
+                &path("maxUnavailable"),
+                format!(
+                    "maxUnavailable {} lets every pod{of} be evicted at once",
+                    show(max)
+                ),
+                fix.into(),
+            );
+        }
+    }
+}
+
+fn show(count: Count) -> String {
+    match count {
+        Count::Pods(n) => n.to_string(),
+        Count::Percent(p) => format!("{p}%"),
+    }
+}

@@ -1,0 +1,278 @@
+//! lameduck as the most boring process in the pod: /prestop guarded by a token, an HTTP server
+//! that slow or abusive clients cannot stall, no privileges needed, survival of a closed log
+//! pipe and of signal storms, and impossible settings refused before the app starts.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Lameduck, Mode, fixture, get, http_with, wait_until};
+use nix::sys::signal::{Signal, kill};
+
+const SECOND: Duration = Duration::from_secs(1);
+
+fn signals_app(mode: Mode, flags: &[&str]) -> Lameduck {
+    let fixture = fixture();
+    let mut args: Vec<&str> = flags.to_vec();
+    args.extend(["--", &fixture, "signals"]);
+    let mut run = Lameduck::start(mode, &args);
+    run.expect_ready();
+    run
+}
+
+#[test]
+fn prestop_without_the_token_is_refused_and_starts_nothing() {
+    let mut run = signals_app(
+        Mode::Subreaper,
+        &["--prestop-token", "s3cret", "--shutdown-delay", "300ms"],
+    );
+    let addr = run.addr();
+    assert!(wait_until(5 * SECOND, || get(addr, "/readyz").0 == 200));
+    for headers in [
+        vec![],
+        vec![("Authorization", "Bearer wrong")],
+        vec![("Authorization", "s3cret")],
+        vec![("Authorization", "Bearer s3cret2")],
+    ] {
+        let (status, _) = http_with(addr, "GET", "/prestop", &headers, 5 * SECOND);
+        assert_eq!(status, 401, "{headers:?}");
+    }
+    assert_eq!(
+        get(addr, "/readyz").0,
+        200,
+        "a refused call starts no drain"
+    );
+    assert_eq!(get(addr, "/livez").0, 200, "probes need no token");
+    let (status, _) = http_with(
+        addr,
+        "POST",
+        "/prestop",
+        &[("Authorization", "Bearer s3cret")],
+        5 * SECOND,
+    );
+    assert_eq!(status, 200);
+    assert_eq!(run.wait_exit(5 * SECOND), 0);
+    assert!(
+        !run.stderr.contains("s3cret"),
+        "the token never reaches the log"
+    );
+}
+
+#[test]
+fn without_a_token_the_log_says_who_can_start_a_drain() {
+    let run = signals_app(Mode::Subreaper, &[]);
+    assert!(wait_until(5 * SECOND, || run.stderr.contains(
+        "anyone who can reach this address can start a drain"
+    )));
+}
+
+#[test]
+fn a_slow_client_is_cut_off_and_never_delays_the_probes() {
+    let run = signals_app(Mode::Subreaper, &[]);
+    let addr = run.addr();
+    let mut slow = TcpStream::connect(addr).expect("connect");
+    slow.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\n")
+        .expect("half a head");
+    let started = Instant::now();
+    assert_eq!(
+        get(addr, "/readyz").0,
+        200,
+        "probes answer while a slow client holds a connection"
+    );
+    assert!(started.elapsed() < SECOND);
+    slow.set_read_timeout(Some(10 * SECOND)).expect("timeout");
+    let mut rest = Vec::new();
+    let _ = slow.read_to_end(&mut rest);
+    let held = started.elapsed();
+    assert!(
+        held < 6 * SECOND,
+        "the slow client was cut off after {held:?}"
+    );
+}
+
+#[test]
+fn an_oversized_request_head_is_refused() {
+    let run = signals_app(Mode::Subreaper, &[]);
+    let addr = run.addr();
+    let big = "x".repeat(64 * 1024);
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(5 * SECOND)).expect("timeout");
+    let _ = stream
+        .write_all(format!("GET /readyz HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n").as_bytes());
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    assert!(
+        !response.starts_with("HTTP/1.1 200"),
+        "{}",
+        &response[..response.len().min(80)]
+    );
+    assert_eq!(get(addr, "/readyz").0, 200);
+}
+
+#[test]
+fn a_thousand_idle_connections_do_not_block_the_probes() {
+    let run = signals_app(Mode::Pid1, &[]);
+    let addr = run.addr();
+    let idle: Vec<TcpStream> = (0..1000)
+        .filter_map(|_| TcpStream::connect(addr).ok())
+        .collect();
+    assert_eq!(idle.len(), 1000);
+    let started = Instant::now();
+    for _ in 0..20 {
+        assert_eq!(get(addr, "/readyz").0, 200);
+    }
+    assert!(
+        started.elapsed() < 5 * SECOND,
+        "20 probes took {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn runs_as_pid_1_without_root_or_capabilities() {
+    let mut run = signals_app(
+        Mode::Pid1Unprivileged,
+        &["--shutdown-delay", "200ms", "--stop-signal", "QUIT"],
+    );
+    let addr = run.addr();
+    assert!(wait_until(5 * SECOND, || get(addr, "/readyz").0 == 200));
+    let status = std::fs::read_to_string(format!("/proc/{}/status", run.pid)).expect("status");
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("Uid:") && l.contains("65534")),
+        "{status}"
+    );
+    assert!(
+        status.lines().any(|l| l == "CapEff:\t0000000000000000"),
+        "{status}"
+    );
+    run.signal(Signal::SIGTERM);
+    run.expect_exact("QUIT");
+    assert_eq!(run.wait_exit(5 * SECOND), 0);
+}
+
+#[test]
+fn a_closed_log_pipe_does_not_kill_lameduck() {
+    let fixture = fixture();
+    let mut child = Command::new(common::lameduck())
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--log-level",
+            "debug",
+            "--shutdown-delay",
+            "0",
+            "--",
+            &fixture,
+            "signals",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start");
+    let mut stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut line).expect("ready line");
+    assert!(line.starts_with("ready"));
+    // The log collector goes away: every later log line hits a closed pipe.
+    drop(child.stderr.take());
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    for _ in 0..5 {
+        kill(pid, Signal::SIGUSR1).expect("signal");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    kill(pid, Signal::SIGTERM).expect("signal");
+    let mut status = None;
+    assert!(wait_until(5 * SECOND, || {
+        status = child.try_wait().expect("try_wait");
+        status.is_some()
+    }));
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "lameduck lived to pass on the app's status"
+    );
+    let mut rest = String::new();
+    let _ = stdout.read_to_string(&mut rest);
+    assert!(rest.contains("USR1") && rest.contains("TERM"), "{rest}");
+    assert!(
+        !rest.contains("PIPE"),
+        "lameduck's own SIGPIPE is not forwarded: {rest}"
+    );
+}
+
+#[test]
+fn a_signal_storm_still_drains_exactly_once() {
+    let mut run = signals_app(Mode::Pid1, &["--shutdown-delay", "300ms"]);
+    for _ in 0..10_000 {
+        kill(run.pid, Signal::SIGUSR1).expect("signal");
+    }
+    for _ in 0..3 {
+        kill(run.pid, Signal::SIGTERM).expect("signal");
+    }
+    assert_eq!(run.wait_exit(10 * SECOND), 0);
+    assert_eq!(
+        run.stdout.count("TERM"),
+        1,
+        "the stop signal went out exactly once"
+    );
+    assert!(
+        run.stdout.count("USR1") >= 1,
+        "forwarded signals still arrive"
+    );
+    let drains = run
+        .stderr
+        .all()
+        .iter()
+        .filter(|l| l.contains("phase=draining"))
+        .count();
+    assert_eq!(drains, 1, "{:#?}", run.stderr.all());
+}
+
+#[test]
+fn a_min_delay_above_the_shutdown_delay_is_refused_before_the_app_starts() {
+    let output = Command::new(common::lameduck())
+        .args([
+            "--quiet-period",
+            "1s",
+            "--min-delay",
+            "10s",
+            "--shutdown-delay",
+            "5s",
+            "--",
+            "true",
+        ])
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2));
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("--min-delay 10s is longer than --shutdown-delay 5s"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn the_images_stop_signal_starts_the_drain_too() {
+    // The nginx image says STOPSIGNAL SIGQUIT: the runtime then sends lameduck QUIT, not TERM.
+    let mut run = signals_app(
+        Mode::Pid1,
+        &["--stop-signal", "QUIT", "--shutdown-delay", "500ms"],
+    );
+    let addr = run.addr();
+    assert!(wait_until(5 * SECOND, || get(addr, "/readyz").0 == 200));
+    let sent = Instant::now();
+    run.signal(Signal::SIGQUIT);
+    assert!(wait_until(SECOND, || get(addr, "/readyz").0 == 503));
+    run.expect_exact("QUIT");
+    assert!(
+        sent.elapsed() >= Duration::from_millis(500),
+        "QUIT was held for the delay, not forwarded at once"
+    );
+    assert_eq!(run.wait_exit(5 * SECOND), 0);
+}

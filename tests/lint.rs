@@ -1,0 +1,487 @@
+//! `lameduck lint`, run as a user runs it: every rule provoked by its own broken manifest
+//! (`tests/manifests/broken/RULE.yaml`, which provokes that rule and nothing else), a clean
+//! manifest, standard input, unreadable and invalid input, the JSON output, and the shipped
+//! examples.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde_json::Value;
+
+const LAMEDUCK: &str = env!("CARGO_BIN_EXE_lameduck");
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+/// A wrapper, a native sidecar and an init-install Deployment, each with its
+/// PodDisruptionBudget, with nothing to report.
+const CLEAN: &str = r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+        - name: app
+          image: app:1
+          command: [/lameduck, --, app]
+          readinessProbe: {httpGet: {path: /readyz, port: 8099}, periodSeconds: 1, failureThreshold: 2}
+          livenessProbe: {httpGet: {path: /livez, port: 8099}}
+          lifecycle:
+            preStop: {httpGet: {path: /prestop, port: 8099}}
+---
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata:
+  name: web
+spec:
+  minAvailable: 1
+  selector:
+    matchLabels: {app: web}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: side
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {app: side}
+  template:
+    metadata:
+      labels: {app: side}
+    spec:
+      shareProcessNamespace: true
+      initContainers:
+        - name: lameduck
+          image: lameduck:0.1.0
+          restartPolicy: Always
+          command: [/lameduck, sidecar, --process-name=app]
+          livenessProbe: {httpGet: {path: /livez, port: 8099}}
+      containers:
+        - name: app
+          image: app:1
+          readinessProbe: {httpGet: {path: /readyz, port: 8099}, periodSeconds: 1, failureThreshold: 2}
+          lifecycle:
+            preStop: {httpGet: {path: /prestop, port: 8099}}
+---
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata:
+  name: side
+spec:
+  minAvailable: 1
+  selector:
+    matchLabels: {app: side}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: installed
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {app: installed}
+  template:
+    metadata:
+      labels: {app: installed}
+    spec:
+      volumes: [{name: bin, emptyDir: {}}]
+      initContainers:
+        - name: install
+          image: lameduck:0.1.0
+          command: [/lameduck, install, /shared]
+          volumeMounts: [{name: bin, mountPath: /shared}]
+      containers:
+        - name: app
+          image: nginx:1.27
+          command: [/shared/lameduck, --stop-signal, QUIT, --, nginx, -g, 'daemon off;']
+          volumeMounts: [{name: bin, mountPath: /shared/}]
+          readinessProbe: {httpGet: {path: /readyz, port: 8099}, periodSeconds: 1, failureThreshold: 2}
+          livenessProbe: {httpGet: {path: /livez, port: 8099}}
+          lifecycle:
+            preStop: {httpGet: {path: /prestop, port: 8099}}
+---
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata:
+  name: installed
+spec:
+  minAvailable: 1
+  selector:
+    matchLabels: {app: installed}
+"#;
+
+/// What a lint run left.
+struct Ran {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `lameduck lint ARGS` in the repository root, with `stdin` on its standard input.
+fn lint(args: &[&str], stdin: &str) -> Ran {
+    let mut child = Command::new(LAMEDUCK)
+        .arg("lint")
+        .args(args)
+        .current_dir(ROOT)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("lameduck starts");
+    // A lint that never reads stdin may close it first; that is not a failure here.
+    let _ = child
+        .stdin
+        .take()
+        .expect("stdin is piped")
+        .write_all(stdin.as_bytes());
+    let output = child.wait_with_output().expect("lameduck finishes");
+    Ran {
+        code: output.status.code(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// The findings of a `--format json` run, which must parse as a JSON array.
+fn findings(ran: &Ran) -> Vec<Value> {
+    match serde_json::from_str(&ran.stdout) {
+        Ok(Value::Array(list)) => list,
+        other => panic!(
+            "not a JSON array ({other:?}):\n{}\n{}",
+            ran.stdout, ran.stderr
+        ),
+    }
+}
+
+fn broken(rule: &str) -> String {
+    format!("tests/manifests/broken/{rule}.yaml")
+}
+
+/// Lints `broken/RULE.yaml`: the rule must be found with `severity`, no other rule may be,
+/// and the exit code must follow the severity (1 for an error, 0 for warnings only).
+fn provokes(rule: &str, severity: &str) {
+    let file = broken(rule);
+    let ran = lint(&["--format", "json", &file], "");
+    let list = findings(&ran);
+    let rules: BTreeSet<&str> = list.iter().filter_map(|f| f["rule"].as_str()).collect();
+    assert_eq!(rules, BTreeSet::from([rule]), "{}", ran.stdout);
+    for finding in &list {
+        assert_eq!(finding["severity"], severity, "{finding}");
+        assert_eq!(finding["file"], file.as_str(), "{finding}");
+    }
+    let expected = if severity == "error" { 1 } else { 0 };
+    assert_eq!(ran.code, Some(expected), "{}{}", ran.stdout, ran.stderr);
+    // The text output names the rule too, with the same exit code.
+    let text = lint(&[&file], "");
+    assert!(
+        text.stdout.contains(&format!("[{rule}]")),
+        "{}",
+        text.stdout
+    );
+    assert!(text.stdout.starts_with(severity), "{}", text.stdout);
+    assert_eq!(text.code, Some(expected));
+}
+
+/// Every rule with its severity; each has a manifest in `tests/manifests/broken/` and a test.
+const RULES: &[(&str, &str)] = &[
+    ("flag-invalid", "error"),
+    ("listen-unreachable", "error"),
+    ("prestop-missing", "error"),
+    ("prestop-not-lameduck", "error"),
+    ("prestop-named-port", "error"),
+    ("prestop-no-token", "error"),
+    ("prestop-sleep", "warning"),
+    ("grace-too-short", "error"),
+    ("grace-period-mismatch", "error"),
+    ("readiness-slow", "error"),
+    ("readiness-missing", "warning"),
+    ("readiness-not-lameduck", "warning"),
+    ("liveness-on-drain", "error"),
+    ("liveness-missing", "warning"),
+    ("probe-calls-prestop", "error"),
+    ("nginx-stop-signal", "error"),
+    ("sidecar-not-restartable", "error"),
+    ("sidecar-no-shared-pid", "error"),
+    ("sidecar-pid-file-not-shared", "error"),
+    ("sidecar-delay-only", "warning"),
+    ("install-not-shared", "error"),
+    ("replicas-low", "warning"),
+    ("rollout-all-down", "error"),
+    ("pdb-missing", "warning"),
+    ("pdb-allows-all-down", "error"),
+    ("service-publishes-not-ready", "error"),
+];
+
+/// One test per rule, named after it.
+macro_rules! rule_tests {
+    ($($test:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $test() {
+                let rule = stringify!($test).replace('_', "-");
+                let (_, severity) = RULES
+                    .iter()
+                    .find(|(id, _)| *id == rule)
+                    .unwrap_or_else(|| panic!("{rule} is not in RULES"));
+                provokes(&rule, severity);
+            }
+        )*
+    };
+}
+
+rule_tests!(
+    flag_invalid,
+    listen_unreachable,
+    prestop_missing,
+    prestop_not_lameduck,
+    prestop_named_port,
+    prestop_no_token,
+    prestop_sleep,
+    grace_too_short,
+    grace_period_mismatch,
+    readiness_slow,
+    readiness_missing,
+    readiness_not_lameduck,
+    liveness_on_drain,
+    liveness_missing,
+    probe_calls_prestop,
+    nginx_stop_signal,
+    sidecar_not_restartable,
+    sidecar_no_shared_pid,
+    sidecar_pid_file_not_shared,
+    sidecar_delay_only,
+    install_not_shared,
+    replicas_low,
+    rollout_all_down,
+    pdb_missing,
+    pdb_allows_all_down,
+    service_publishes_not_ready,
+);
+
+#[test]
+fn every_broken_manifest_belongs_to_a_rule() {
+    let dir = Path::new(ROOT).join("tests/manifests/broken");
+    let files: BTreeSet<String> = std::fs::read_dir(&dir)
+        .expect("tests/manifests/broken exists")
+        .map(|entry| {
+            entry
+                .expect("a directory entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    let expected: BTreeSet<String> = RULES.iter().map(|(id, _)| format!("{id}.yaml")).collect();
+    assert_eq!(files, expected);
+}
+
+#[test]
+fn a_clean_manifest_exits_0_with_a_summary() {
+    let ran = lint(&["-"], CLEAN);
+    assert_eq!(ran.code, Some(0), "{}{}", ran.stdout, ran.stderr);
+    assert_eq!(
+        ran.stdout,
+        "lint: 0 errors, 0 warnings in 3 pod specs running lameduck\n"
+    );
+    assert_eq!(ran.stderr, "");
+}
+
+#[test]
+fn text_lines_name_severity_file_object_container_path_rule_and_fix() {
+    let ran = lint(&[&broken("prestop-missing")], "");
+    let first = ran.stdout.lines().next().unwrap_or_default();
+    assert_eq!(
+        first,
+        "error  tests/manifests/broken/prestop-missing.yaml: Deployment/web container \"app\" \
+         spec.template.spec.containers[0].lifecycle.preStop [prestop-missing]: no preStop hook: \
+         the drain waits for the runtime's stop signal, and only SIGTERM or SIGINT start \
+         lameduck's delay (nginx images stop with SIGQUIT); add lifecycle.preStop.httpGet with \
+         path /prestop and port 8099"
+    );
+    assert!(
+        ran.stdout
+            .ends_with("lint: 1 error, 0 warnings in 1 pod spec running lameduck\n"),
+        "{}",
+        ran.stdout
+    );
+}
+
+#[test]
+fn a_dash_reads_standard_input() {
+    let text = std::fs::read_to_string(Path::new(ROOT).join(broken("prestop-missing")))
+        .expect("the broken manifest is readable");
+    let ran = lint(&["--format", "json", "-"], &text);
+    assert_eq!(ran.code, Some(1));
+    let list = findings(&ran);
+    assert_eq!(list.len(), 1, "{}", ran.stdout);
+    assert_eq!(list[0]["file"], "<stdin>");
+    assert_eq!(list[0]["rule"], "prestop-missing");
+}
+
+#[test]
+fn objects_in_one_input_satisfy_another() {
+    // The PodDisruptionBudget arrives on standard input, the Deployment from a file.
+    let pdb = "apiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata: {name: web}\n\
+               spec: {minAvailable: 1, selector: {matchLabels: {app: web}}}\n";
+    let ran = lint(&[&broken("pdb-missing"), "-"], pdb);
+    assert_eq!(ran.code, Some(0), "{}", ran.stdout);
+    assert!(!ran.stdout.contains("pdb-missing"), "{}", ran.stdout);
+}
+
+#[test]
+fn json_findings_carry_every_field() {
+    let file = broken("pdb-allows-all-down");
+    let ran = lint(&["--format", "json", &file], "");
+    assert_eq!(ran.code, Some(1));
+    let list = findings(&ran);
+    assert_eq!(list.len(), 1, "{}", ran.stdout);
+    let finding = &list[0];
+    assert_eq!(finding["file"], file.as_str());
+    // The PodDisruptionBudget's document starts at its `---`, line 22.
+    assert_eq!(finding["line"], 22);
+    assert_eq!(finding["kind"], "PodDisruptionBudget");
+    assert_eq!(finding["name"], "web");
+    assert_eq!(finding["container"], Value::Null);
+    assert_eq!(finding["path"], "spec.maxUnavailable");
+    assert_eq!(finding["rule"], "pdb-allows-all-down");
+    assert_eq!(finding["severity"], "error");
+    assert!(
+        finding["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("2 replicas"))
+    );
+    assert!(
+        finding["fix"]
+            .as_str()
+            .is_some_and(|f| f.contains("minAvailable: 1"))
+    );
+
+    let ran = lint(&["--format", "json", &broken("prestop-missing")], "");
+    let list = findings(&ran);
+    assert_eq!(list[0]["container"], "app");
+    assert_eq!(
+        list[0]["line"], 2,
+        "the first document starts after the comment"
+    );
+}
+
+#[test]
+fn a_clean_run_in_json_is_an_empty_array() {
+    let ran = lint(&["--format", "json", "-"], CLEAN);
+    assert_eq!(ran.code, Some(0));
+    assert!(findings(&ran).is_empty());
+}
+
+#[test]
+fn an_unreadable_file_exits_2_naming_it() {
+    let ran = lint(&["tests/manifests/broken/no-such-file.yaml"], "");
+    assert_eq!(ran.code, Some(2));
+    assert_eq!(ran.stdout, "");
+    let lines: Vec<&str> = ran.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{}", ran.stderr);
+    assert!(
+        lines[0].starts_with("lameduck: lint: tests/manifests/broken/no-such-file.yaml: "),
+        "{}",
+        ran.stderr
+    );
+    // A directory is unreadable too, and one bad input stops the whole run.
+    let ran = lint(&["tests/manifests", &broken("prestop-missing")], "");
+    assert_eq!(ran.code, Some(2));
+    assert_eq!(ran.stdout, "");
+    assert!(
+        ran.stderr.starts_with("lameduck: lint: tests/manifests: "),
+        "{}",
+        ran.stderr
+    );
+}
+
+#[test]
+fn invalid_yaml_exits_2_with_file_and_line() {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let file = dir.join("lint-invalid.yaml");
+    std::fs::write(
+        &file,
+        "kind: Deployment\nmetadata:\n  name: web\nspec: [unclosed\nreplicas: 2\n",
+    )
+    .expect("the temporary directory is writable");
+    let name = file.to_string_lossy().into_owned();
+    let ran = lint(&[&name], "");
+    assert_eq!(ran.code, Some(2));
+    assert_eq!(ran.stdout, "");
+    assert_eq!(
+        ran.stderr,
+        format!("lameduck: lint: {name}:5: invalid YAML: illegal placement of ':' indicator\n")
+    );
+    let ran = lint(&["-"], "a: 1\nb:\n  c: 2\n d: 3\n");
+    assert_eq!(ran.code, Some(2));
+    assert!(
+        ran.stderr
+            .starts_with("lameduck: lint: <stdin>:4: invalid YAML: "),
+        "{}",
+        ran.stderr
+    );
+    let ran = lint(&["-"], "a: \u{0}\n");
+    assert_eq!(ran.code, Some(2), "{}", ran.stderr);
+}
+
+#[test]
+fn text_that_is_not_utf8_exits_2_with_its_line() {
+    let mut child = Command::new(LAMEDUCK)
+        .args(["lint", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("lameduck starts");
+    let _ = child
+        .stdin
+        .take()
+        .expect("stdin is piped")
+        .write_all(b"a: 1\nb: \xff\n");
+    let output = child.wait_with_output().expect("lameduck finishes");
+    assert_eq!(output.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stderr),
+        "lameduck: lint: <stdin>:2: not UTF-8 text\n"
+    );
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    assert_eq!(lint(&[], "").code, Some(2));
+    assert_eq!(lint(&["--format", "xml", "-"], CLEAN).code, Some(2));
+}
+
+#[test]
+fn examples_lint_clean() {
+    let dir = Path::new(ROOT).join("examples");
+    if !dir.is_dir() {
+        eprintln!("no examples/ directory: nothing to lint");
+        return;
+    }
+    let mut examples: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("examples/ is readable")
+        .map(|entry| entry.expect("a directory entry").path())
+        .filter(|path| path.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    examples.sort();
+    assert!(!examples.is_empty(), "examples/ holds no *.yaml");
+    for example in examples {
+        let name = example.to_string_lossy().into_owned();
+        let ran = lint(&[&name], "");
+        assert_eq!(ran.code, Some(0), "{name}:\n{}{}", ran.stdout, ran.stderr);
+        assert!(
+            !ran.stdout.contains(" 0 pod specs running lameduck"),
+            "{name} runs no lameduck that lint recognises:\n{}",
+            ran.stdout
+        );
+    }
+}
