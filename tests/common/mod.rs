@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod haproxy;
+pub mod load;
 pub mod nginx;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -24,6 +26,8 @@ pub enum Mode {
     Pid1,
     /// A plain child of the test, so it becomes a subreaper.
     Subreaper,
+    /// PID 1 of a fresh PID namespace, as user `nobody` with no capabilities at all.
+    Pid1Unprivileged,
 }
 
 /// Generates one test per mode from a function taking a `Mode`.
@@ -146,6 +150,14 @@ impl Lameduck {
                 c
             }
             Mode::Subreaper => Command::new(lameduck()),
+            Mode::Pid1Unprivileged => {
+                let mut c = Command::new("unshare");
+                c.args(["--pid", "--fork", "--mount-proc", "--kill-child", "setpriv"])
+                    .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+                    .args(["--inh-caps=-all", "--bounding-set=-all", "--no-new-privs"])
+                    .arg(lameduck());
+                c
+            }
         };
         command
             .args(&all)
@@ -158,7 +170,7 @@ impl Lameduck {
         let outer = Pid::from_raw(process.id() as i32);
         let pid = match mode {
             Mode::Subreaper => outer,
-            Mode::Pid1 => {
+            Mode::Pid1 | Mode::Pid1Unprivileged => {
                 // A short-lived lameduck may be gone before it is seen; then its pid is never needed.
                 let mut inner = None;
                 wait_until(Duration::from_secs(5), || {

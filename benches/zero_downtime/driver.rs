@@ -1,0 +1,371 @@
+//! The zero-downtime benchmark that benches/zero_downtime.sh runs: the scenario of
+//! tests/zero_downtime.rs (two nginx pods behind HAProxy, steady load of slow requests, SIGTERM
+//! to one pod's PID 1 midway) for nginx alone as PID 1, under tini, under dumb-init, under
+//! dumb-init rewriting SIGTERM to SIGQUIT, and under lameduck; one Markdown table row per run.
+//! It shares the tests' load generator, HAProxy and nginx helpers, included by path.
+//!
+//! Usage: zero_downtime_bench [--runs N] [--keep-alive] [--lameduck PATH]
+
+#[allow(dead_code)]
+#[path = "../../tests/common/haproxy.rs"]
+mod haproxy;
+#[allow(dead_code)]
+#[path = "../../tests/common/load.rs"]
+mod load;
+#[allow(dead_code)]
+#[path = "../../tests/common/nginx.rs"]
+mod nginx;
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use haproxy::{Haproxy, Server, free_addrs};
+use load::{Connections, Load, Outcome, Plan, Report};
+use nginx::{NginxConfig, SLOW_BYTES};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// lameduck's shutdown delay, as in the tests.
+const DELAY: Duration = Duration::from_secs(2);
+/// Load before the SIGTERM.
+const LEAD: Duration = Duration::from_millis(1500);
+/// Load after the SIGTERM, the same for every init so the counts compare: the delay, then as
+/// long again as the lead.
+const TAIL: Duration = Duration::from_millis(3500);
+const WORKERS: usize = 8;
+/// The servers' own loopback address (see `haproxy::free_addrs`).
+const IP: Ipv4Addr = Ipv4Addr::new(127, 0, 62, 1);
+
+/// What runs as PID 1 of each pod.
+#[derive(Clone, Copy, Debug)]
+enum Pid1 {
+    NginxAlone,
+    Tini,
+    DumbInit,
+    DumbInitQuit,
+    Lameduck,
+}
+
+impl Pid1 {
+    const ALL: [Pid1; 5] = [
+        Pid1::NginxAlone,
+        Pid1::Tini,
+        Pid1::DumbInit,
+        Pid1::DumbInitQuit,
+        Pid1::Lameduck,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Pid1::NginxAlone => "nginx alone",
+            Pid1::Tini => "tini",
+            Pid1::DumbInit => "dumb-init",
+            Pid1::DumbInitQuit => "dumb-init --rewrite 15:3",
+            Pid1::Lameduck => "lameduck",
+        }
+    }
+
+    /// The pod's command line: the init, then nginx.
+    fn argv(self, pod: &PodAddrs, nginx: &NginxConfig, lameduck: &str) -> Vec<String> {
+        let mut argv: Vec<String> = match self {
+            Pid1::NginxAlone => vec![],
+            Pid1::Tini => vec!["tini".into(), "--".into()],
+            Pid1::DumbInit => vec!["dumb-init".into(), "--".into()],
+            Pid1::DumbInitQuit => vec![
+                "dumb-init".into(),
+                "--rewrite".into(),
+                "15:3".into(),
+                "--".into(),
+            ],
+            Pid1::Lameduck => vec![
+                lameduck.into(),
+                "--listen".into(),
+                pod.endpoints.to_string(),
+                "--stop-signal".into(),
+                "QUIT".into(),
+                "--shutdown-delay".into(),
+                format!("{}ms", DELAY.as_millis()),
+                "--ready-check".into(),
+                format!("http://{}/fast", pod.nginx),
+                "--ready-interval".into(),
+                "100ms".into(),
+                "--".into(),
+            ],
+        };
+        argv.extend(nginx.command());
+        argv
+    }
+
+    /// What the balancer checks: lameduck's `/readyz`, or else nginx itself, as a readiness probe
+    /// on the app's port would.
+    fn check(self, pod: &PodAddrs) -> (&'static str, SocketAddr) {
+        match self {
+            Pid1::Lameduck => ("/readyz", pod.endpoints),
+            _ => ("/fast", pod.nginx),
+        }
+    }
+}
+
+struct PodAddrs {
+    nginx: SocketAddr,
+    /// lameduck's endpoints (unused by the other inits).
+    endpoints: SocketAddr,
+}
+
+/// One pod: `unshare --pid --fork --mount-proc --kill-child INIT nginx`, killed on drop.
+struct Pod {
+    process: Child,
+    /// The pod's PID 1 as the host sees it.
+    pid1: Pid,
+    /// Dropped after `process`, so nginx is gone before its folder is removed.
+    _config: NginxConfig,
+}
+
+impl Pod {
+    fn start(init: Pid1, name: &str, addrs: &PodAddrs, lameduck: &str) -> Self {
+        let config = NginxConfig::new(&format!("bench-{name}"), addrs.nginx);
+        let process = Command::new("unshare")
+            .args(["--pid", "--fork", "--mount-proc", "--kill-child"])
+            .args(init.argv(addrs, &config, lameduck))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start unshare");
+        let outer = Pid::from_raw(process.id() as i32);
+        let mut pid1 = None;
+        assert!(
+            wait_until(Duration::from_secs(5), || {
+                pid1 = first_child(outer);
+                pid1.is_some()
+            }),
+            "{name}: no PID 1 under unshare"
+        );
+        let (path, addr) = init.check(addrs);
+        assert!(
+            wait_until(Duration::from_secs(10), || status(addr, path) == Some(200)),
+            "{name} ({}) never answered {path} on {addr}",
+            init.label()
+        );
+        Pod {
+            process,
+            pid1: pid1.expect("pid 1"),
+            _config: config,
+        }
+    }
+
+    /// Sends SIGTERM to the pod's PID 1 as the kubelet does; returns how long the pod took to
+    /// exit and its exit code.
+    fn terminate(&mut self) -> (Duration, Option<i32>) {
+        let sent = Instant::now();
+        kill(self.pid1, Signal::SIGTERM).expect("SIGTERM the pod");
+        let mut code = None;
+        let exited = wait_until(Duration::from_secs(30), || {
+            match self.process.try_wait().expect("try_wait") {
+                Some(status) => {
+                    code = status.code();
+                    true
+                }
+                None => false,
+            }
+        });
+        assert!(exited, "the pod did not exit within 30s of SIGTERM");
+        (sent.elapsed(), code)
+    }
+}
+
+impl Drop for Pod {
+    fn drop(&mut self) {
+        // With --kill-child, unshare's death kills the pod's PID 1 and so the whole namespace.
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
+/// One run's outcome.
+struct Row {
+    sent: usize,
+    failed: usize,
+    status_5xx: usize,
+    broken: usize,
+    short_body: usize,
+    in_flight_failed: usize,
+    exit_after: Duration,
+    exit_code: Option<i32>,
+}
+
+fn run_once(init: Pid1, round: usize, connections: Connections, lameduck: &str) -> Row {
+    let [b1_nginx, b1_endpoints, b2_nginx, b2_endpoints, listen]: [SocketAddr; 5] =
+        free_addrs(IP, 5).try_into().expect("5 addresses");
+    let b1_addrs = PodAddrs {
+        nginx: b1_nginx,
+        endpoints: b1_endpoints,
+    };
+    let b2_addrs = PodAddrs {
+        nginx: b2_nginx,
+        endpoints: b2_endpoints,
+    };
+    let mut b1 = Pod::start(init, &format!("{round}-b1"), &b1_addrs, lameduck);
+    let _b2 = Pod::start(init, &format!("{round}-b2"), &b2_addrs, lameduck);
+    let (path, _) = init.check(&b1_addrs);
+    let servers = [("b1", &b1_addrs), ("b2", &b2_addrs)].map(|(name, addrs)| Server {
+        name: name.into(),
+        addr: addrs.nginx,
+        check: init.check(addrs).1,
+    });
+    let haproxy = Haproxy::start(&format!("bench-{round}"), listen, path, &servers);
+    assert!(
+        haproxy.wait_for(&[("b1", "UP"), ("b2", "UP")], Duration::from_secs(10)),
+        "servers not UP: {:?}",
+        haproxy.states()
+    );
+
+    let load = Load::start(Plan {
+        target: listen,
+        path: "/slow".into(),
+        body_len: SLOW_BYTES,
+        workers: WORKERS,
+        connections,
+        max_duration: Duration::from_secs(60),
+        max_requests: 10_000,
+    });
+    std::thread::sleep(LEAD);
+    let term = Instant::now();
+    let (exit_after, exit_code) = b1.terminate();
+    std::thread::sleep(TAIL.saturating_sub(term.elapsed()));
+    let report = load.stop();
+    row(&report, term, exit_after, exit_code)
+}
+
+fn row(report: &Report, term: Instant, exit_after: Duration, exit_code: Option<i32>) -> Row {
+    let failures = report.failures();
+    let count = |f: fn(&Outcome) -> bool| failures.iter().filter(|r| f(&r.outcome)).count();
+    Row {
+        sent: report.records.len(),
+        failed: failures.len(),
+        status_5xx: count(|o| matches!(o, Outcome::Status(s) if *s >= 500)),
+        broken: count(|o| matches!(o, Outcome::ConnectFailed(_) | Outcome::Broken(_))),
+        short_body: count(|o| matches!(o, Outcome::ShortBody(_))),
+        in_flight_failed: report
+            .in_flight_at(term)
+            .iter()
+            .filter(|r| r.outcome != Outcome::Ok)
+            .count(),
+        exit_after,
+        exit_code,
+    }
+}
+
+fn main() {
+    let mut runs = 3;
+    let mut connections = Connections::PerRequest;
+    let mut lameduck = default_lameduck();
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--runs" => runs = args.next().and_then(|n| n.parse().ok()).expect("--runs N"),
+            "--keep-alive" => connections = Connections::KeepAlive,
+            "--lameduck" => lameduck = args.next().expect("--lameduck PATH").into(),
+            other => panic!(
+                "unknown argument {other:?}; usage: [--runs N] [--keep-alive] [--lameduck PATH]"
+            ),
+        }
+    }
+    let lameduck = lameduck.display().to_string();
+    println!(
+        "{WORKERS} clients, GET /slow ({} KiB, ~400 ms), {} to HAProxy; SIGTERM to backend 1 after {} ms of load, load for {} ms after it; lameduck --shutdown-delay {} ms\n",
+        SLOW_BYTES / 1024,
+        match connections {
+            Connections::PerRequest => "a new connection per request",
+            Connections::KeepAlive => "keep-alive connections",
+        },
+        LEAD.as_millis(),
+        TAIL.as_millis(),
+        DELAY.as_millis()
+    );
+    println!(
+        "| PID 1 | run | sent | failed | 5xx | conn. errors | short bodies | in flight at SIGTERM, failed | SIGTERM to exit | exit code |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    let mut totals = Vec::new();
+    for init in Pid1::ALL {
+        let (mut sent, mut failed, mut exit_after) = (0, 0, Duration::ZERO);
+        for round in 1..=runs {
+            let r = run_once(init, round, connections, &lameduck);
+            sent += r.sent;
+            failed += r.failed;
+            exit_after += r.exit_after;
+            println!(
+                "| {} | {round} | {} | {} | {} | {} | {} | {} | {:.2} s | {} |",
+                init.label(),
+                r.sent,
+                r.failed,
+                r.status_5xx,
+                r.broken,
+                r.short_body,
+                r.in_flight_failed,
+                r.exit_after.as_secs_f64(),
+                r.exit_code.map_or("signal".into(), |c| c.to_string())
+            );
+            std::io::stdout().flush().expect("stdout");
+        }
+        totals.push((init, sent, failed, exit_after / runs.max(1) as u32));
+    }
+    println!("\n| PID 1 | runs | sent | failed | failed % | mean SIGTERM to exit |");
+    println!("|---|---|---|---|---|---|");
+    for (init, sent, failed, mean_exit) in totals {
+        println!(
+            "| {} | {runs} | {sent} | {failed} | {:.1} % | {:.2} s |",
+            init.label(),
+            100.0 * failed as f64 / sent.max(1) as f64,
+            mean_exit.as_secs_f64()
+        );
+    }
+}
+
+/// target/<profile>/lameduck, beside the folder this example runs from.
+fn default_lameduck() -> PathBuf {
+    let exe = std::env::current_exe().expect("own path");
+    let profile = exe.parent().and_then(|examples| examples.parent());
+    profile.expect("target/<profile>").join("lameduck")
+}
+
+/// The status of `GET path`, or None when there is no answer.
+fn status(addr: SocketAddr, path: &str) -> Option<u16> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    response.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Polls `condition` every 10 ms until it holds or `timeout` passes (nginx.rs and haproxy.rs
+/// call it as `super::wait_until`, as in the tests' harness).
+fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The first child of `pid`, from /proc.
+fn first_child(pid: Pid) -> Option<Pid> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+        .map(Pid::from_raw)
+}
