@@ -1,0 +1,1657 @@
+//! The shipped Kubernetes manifests (`examples/*.yaml`) and images (`images/*Dockerfile`),
+//! checked offline: the manifests against Kubernetes' own schemas (the PyPI package
+//! kubernetes-validate, `--strict`), and both against lameduck itself: every flag, value, port,
+//! path and signal they hand lameduck must be one the real binary accepts, and the numbers must
+//! add up to a drain that fits inside the pod's grace period.
+//!
+//! Needs python3 with pip. The first test that needs them installs kubernetes-validate (pinned
+//! below; it brings PyYAML, which the tests also use to read the YAML) when it is missing.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const LAMEDUCK: &str = env!("CARGO_BIN_EXE_lameduck");
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+const TMP: &str = env!("CARGO_TARGET_TMPDIR");
+
+/// Pinned, so the schemas the examples are checked against do not move under them.
+const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
+const KUBERNETES_VALIDATE_VERSION: [u64; 3] = [1, 37, 0];
+/// The newest Kubernetes release kubernetes-validate 1.37.0 has schemas for.
+const KUBERNETES_VERSION: &str = "1.37.0";
+/// The oldest release with native sidecars (`restartPolicy: Always` init containers) on by default.
+const OLDEST_KUBERNETES_VERSION: &str = "1.29.0";
+/// The time lameduck keeps between its own final kill and the kubelet's SIGKILL.
+const GRACE_MARGIN: Duration = Duration::from_secs(2);
+/// The signals on which lameduck starts its drain instead of forwarding them.
+const DRAIN_SIGNALS: [&str; 2] = ["TERM", "INT"];
+
+// ---------------------------------------------------------------------------------------------
+// Running programs
+// ---------------------------------------------------------------------------------------------
+
+/// What a finished program left: its exit code (None when killed or never started) and output.
+struct Ran {
+    what: String,
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Ran {
+    fn ok(&self) -> bool {
+        self.code == Some(0)
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "`{}` exited {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.what, self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+/// Runs `program` to its end, at most `timeout`; its environment less every `LAMEDUCK_*`
+/// variable, plus `env`.
+fn run(program: &str, args: &[String], env: &[(String, String)], timeout: Duration) -> Ran {
+    let what = std::iter::once(program.to_owned())
+        .chain(args.iter().map(|a| format!("{a:?}")))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut command = Command::new(program);
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("LAMEDUCK_") {
+            command.env_remove(name);
+        }
+    }
+    command.envs(env.iter().map(|(k, v)| (k, v)));
+    let mut child = match command.spawn() {
+        Ok(child) => child,
+        Err(err) => {
+            return Ran {
+                what,
+                code: None,
+                stdout: String::new(),
+                stderr: format!("cannot start {program}: {err}"),
+            };
+        }
+    };
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = pipe.read_to_string(&mut text);
+            text
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().expect("stdout is piped")));
+    let err = drain(Box::new(child.stderr.take().expect("stderr is piped")));
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waiting for a child") {
+            break Some(status);
+        }
+        if started.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let mut stderr = err.join().unwrap_or_default();
+    if status.is_none() {
+        stderr.push_str(&format!("\n(killed by the test after {timeout:?})"));
+    }
+    Ran {
+        what,
+        code: status.and_then(|s| s.code()),
+        stdout: out.join().unwrap_or_default(),
+        stderr,
+    }
+}
+
+/// Runs the real lameduck with its endpoints on a free loopback port (unless `args` say
+/// otherwise), so nothing binds 8099 or a public address.
+fn lameduck(args: &[String], env: &[(String, String)]) -> Ran {
+    let mut env = env.to_vec();
+    env.retain(|(k, _)| k != "LAMEDUCK_LISTEN");
+    env.push(("LAMEDUCK_LISTEN".into(), "127.0.0.1:0".into()));
+    run(LAMEDUCK, args, &env, Duration::from_secs(30))
+}
+
+fn strings(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| (*s).to_owned()).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// kubernetes-validate and PyYAML
+// ---------------------------------------------------------------------------------------------
+
+fn python(args: &[&str], timeout: Duration) -> Ran {
+    run("python3", &strings(args), &[], timeout)
+}
+
+/// The installed kubernetes-validate's version, when it and PyYAML import.
+fn kubernetes_validate_version() -> Option<[u64; 3]> {
+    let ran = python(
+        &[
+            "-c",
+            "import yaml, kubernetes_validate.version as v; print(v.__version__)",
+        ],
+        Duration::from_secs(60),
+    );
+    if !ran.ok() {
+        return None;
+    }
+    let mut parts = ran.stdout.trim().split('.').map(|p| p.parse::<u64>().ok());
+    Some([
+        parts.next()??,
+        parts.next()??,
+        parts.next().flatten().unwrap_or(0),
+    ])
+}
+
+/// Installs kubernetes-validate once per test run when it is missing or older than the pin.
+fn python_tools() {
+    static READY: OnceLock<()> = OnceLock::new();
+    READY.get_or_init(|| {
+        if kubernetes_validate_version().is_some_and(|v| v >= KUBERNETES_VALIDATE_VERSION) {
+            return;
+        }
+        let ran = python(
+            &[
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                KUBERNETES_VALIDATE,
+            ],
+            Duration::from_secs(600),
+        );
+        assert!(
+            ran.ok(),
+            "installing {KUBERNETES_VALIDATE} failed; install it by hand \
+             (python3 -m pip install {KUBERNETES_VALIDATE})\n{}",
+            ran.describe()
+        );
+        let version = kubernetes_validate_version();
+        assert!(
+            version.is_some_and(|v| v >= KUBERNETES_VALIDATE_VERSION),
+            "python3 still cannot import kubernetes_validate >= {KUBERNETES_VALIDATE_VERSION:?} \
+             and yaml after installing {KUBERNETES_VALIDATE} (found {version:?})"
+        );
+    });
+}
+
+/// Runs `kubernetes-validate --strict` for one Kubernetes version on one file.
+fn kubernetes_validate(file: &Path, kubernetes: &str) -> Ran {
+    python_tools();
+    python(
+        &[
+            "-m",
+            "kubernetes_validate",
+            "--strict",
+            "--kubernetes-version",
+            kubernetes,
+            file.to_str().expect("a UTF-8 path"),
+        ],
+        Duration::from_secs(120),
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// The manifests
+// ---------------------------------------------------------------------------------------------
+
+/// One `examples/*.yaml` file: its name and its YAML documents, as JSON.
+struct Manifest {
+    file: String,
+    docs: Vec<Value>,
+}
+
+fn example_files() -> Vec<PathBuf> {
+    let dir = Path::new(ROOT).join("examples");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|err| panic!("cannot read {}: {err}", dir.display()))
+        .map(|entry| entry.expect("a directory entry").path())
+        .filter(|path| {
+            path.extension()
+                .is_some_and(|ext| ext == "yaml" || ext == "yml")
+        })
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no YAML files in {}", dir.display());
+    files
+}
+
+fn manifests() -> &'static [Manifest] {
+    static MANIFESTS: OnceLock<Vec<Manifest>> = OnceLock::new();
+    MANIFESTS.get_or_init(|| {
+        python_tools();
+        example_files()
+            .iter()
+            .map(|path| {
+                let ran = python(
+                    &[
+                        "-c",
+                        "import json, sys, yaml\n\
+                         docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d is not None]\n\
+                         json.dump(docs, sys.stdout)",
+                        path.to_str().expect("a UTF-8 path"),
+                    ],
+                    Duration::from_secs(60),
+                );
+                assert!(ran.ok(), "cannot read YAML\n{}", ran.describe());
+                let docs: Vec<Value> = serde_json::from_str(&ran.stdout)
+                    .unwrap_or_else(|err| panic!("PyYAML's JSON does not parse: {err}"));
+                Manifest {
+                    file: path.file_name().unwrap().to_string_lossy().into_owned(),
+                    docs,
+                }
+            })
+            .collect()
+    })
+}
+
+/// A pod template and where it comes from.
+#[derive(Clone)]
+struct Pod {
+    file: &'static str,
+    workload: &'static Value,
+    name: String,
+    labels: BTreeMap<String, String>,
+    spec: &'static Value,
+}
+
+fn string_map(value: &Value) -> BTreeMap<String, String> {
+    value
+        .as_object()
+        .map(|map| {
+            map.iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn pods() -> Vec<Pod> {
+    let mut pods = Vec::new();
+    for manifest in manifests() {
+        for doc in &manifest.docs {
+            let template = match doc["kind"].as_str().unwrap_or_default() {
+                "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet" | "Job" => {
+                    &doc["spec"]["template"]
+                }
+                "CronJob" => &doc["spec"]["jobTemplate"]["spec"]["template"],
+                "Pod" => doc,
+                _ => continue,
+            };
+            pods.push(Pod {
+                file: &manifest.file,
+                workload: doc,
+                name: format!(
+                    "{} {}/{}",
+                    manifest.file,
+                    doc["kind"].as_str().unwrap_or_default(),
+                    doc["metadata"]["name"].as_str().unwrap_or_default()
+                ),
+                labels: string_map(&template["metadata"]["labels"]),
+                spec: &template["spec"],
+            });
+        }
+    }
+    assert!(!pods.is_empty(), "no pod templates in examples/");
+    pods
+}
+
+fn list(value: &Value) -> &[Value] {
+    value.as_array().map(Vec::as_slice).unwrap_or_default()
+}
+
+/// Every container of a pod: (is an init container, its spec).
+fn containers(pod: &Pod) -> Vec<(bool, &'static Value)> {
+    let init = list(&pod.spec["initContainers"]).iter().map(|c| (true, c));
+    let main = list(&pod.spec["containers"]).iter().map(|c| (false, c));
+    init.chain(main).collect()
+}
+
+fn container_name(container: &Value) -> &str {
+    container["name"].as_str().unwrap_or_default()
+}
+
+/// The container's argv as the manifest gives it: `command` then `args`.
+fn argv(container: &Value) -> Vec<String> {
+    list(&container["command"])
+        .iter()
+        .chain(list(&container["args"]))
+        .map(|v| v.as_str().expect("command and args are strings").to_owned())
+        .collect()
+}
+
+/// The repository part of an image reference: `ghcr.io/x/lameduck:0.1.0` gives `lameduck`.
+fn image_repository(image: &str) -> &str {
+    let last = image.rsplit('/').next().unwrap_or(image);
+    last.split([':', '@']).next().unwrap_or(last)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Mode {
+    Wrap,
+    Sidecar,
+    Install,
+}
+
+impl Mode {
+    /// The arguments that print this mode's help.
+    fn help_args(self) -> Vec<String> {
+        match self {
+            Mode::Wrap => strings(&["--help"]),
+            Mode::Sidecar => strings(&["sidecar", "--help"]),
+            Mode::Install => strings(&["install", "--help"]),
+        }
+    }
+
+    /// The word that selects the mode on the command line.
+    fn word(self) -> Option<&'static str> {
+        match self {
+            Mode::Wrap => None,
+            Mode::Sidecar => Some("sidecar"),
+            Mode::Install => Some("install"),
+        }
+    }
+}
+
+/// Options as written on a command line: `(--flag, value)`.
+type Options = Vec<(String, Option<String>)>;
+
+/// One container of a manifest that runs lameduck.
+struct Invocation {
+    pod: Pod,
+    container: &'static Value,
+    init: bool,
+    mode: Mode,
+    argv: Vec<String>,
+    /// lameduck's own options, as written.
+    options: Options,
+    /// Positional arguments of the mode (install's DIR).
+    positionals: Vec<String>,
+    /// The app after `--` (wrapper mode).
+    app: Vec<String>,
+    /// `LAMEDUCK_*` variables of the container.
+    env: Vec<(String, String)>,
+}
+
+impl Invocation {
+    fn name(&self) -> String {
+        format!(
+            "{} container {}",
+            self.pod.name,
+            container_name(self.container)
+        )
+    }
+
+    /// A setting as lameduck sees it: the flag, else its `LAMEDUCK_*` variable, else the
+    /// default that `lameduck --help` states (the drain flags are shared by every mode).
+    fn setting(&self, flag: &str) -> Option<String> {
+        if let Some((_, value)) = self.options.iter().rev().find(|(f, _)| f == flag) {
+            return Some(value.clone().unwrap_or_default());
+        }
+        let variable = format!(
+            "LAMEDUCK_{}",
+            flag.trim_start_matches('-')
+                .replace('-', "_")
+                .to_uppercase()
+        );
+        if let Some((_, value)) = self.env.iter().rev().find(|(k, _)| *k == variable) {
+            return Some(value.clone());
+        }
+        help(Mode::Wrap).defaults.get(flag).cloned()
+    }
+
+    fn duration(&self, flag: &str) -> Duration {
+        let text = self
+            .setting(flag)
+            .unwrap_or_else(|| panic!("{}: no {flag} and no default for it", self.name()));
+        parse_duration(&text)
+    }
+
+    fn listen_port(&self) -> u64 {
+        let listen = self.setting("--listen").expect("--listen has a default");
+        listen
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("{}: --listen {listen} has no port", self.name()))
+    }
+
+    /// The options again, `--flag=value`, with `--listen` moved to a free loopback port.
+    fn rendered_options(&self) -> Vec<String> {
+        self.options
+            .iter()
+            .map(|(flag, value)| match (flag.as_str(), value) {
+                ("--listen", Some(_)) => "--listen=127.0.0.1:0".to_owned(),
+                (_, Some(value)) => format!("{flag}={value}"),
+                (_, None) => flag.clone(),
+            })
+            .collect()
+    }
+
+    /// The mode word, if any, and the options: what precedes `--help` or `--` on a test run.
+    fn mode_and_options(&self) -> Vec<String> {
+        self.mode
+            .word()
+            .map(str::to_owned)
+            .into_iter()
+            .chain(self.rendered_options())
+            .collect()
+    }
+}
+
+/// Splits lameduck's arguments (argv less argv[0]) into mode, options, positionals and app.
+/// A `--flag` followed by a word that is not itself an option takes it as its value; lameduck's
+/// only boolean flags are followed by another option or by `--` in every shape.
+fn parse_lameduck_args(args: &[String]) -> (Mode, Options, Vec<String>, Vec<String>) {
+    let (mode, mut rest) = match args.first().map(String::as_str) {
+        Some("sidecar") => (Mode::Sidecar, &args[1..]),
+        Some("install") => (Mode::Install, &args[1..]),
+        _ => (Mode::Wrap, args),
+    };
+    let mut options = Vec::new();
+    let mut positionals = Vec::new();
+    let mut app = Vec::new();
+    while let Some((word, tail)) = rest.split_first() {
+        rest = tail;
+        if word == "--" {
+            app = rest.to_vec();
+            break;
+        }
+        if let Some((flag, value)) = word.split_once('=').filter(|_| word.starts_with("--")) {
+            options.push((flag.to_owned(), Some(value.to_owned())));
+        } else if word.starts_with("--") {
+            match rest.split_first() {
+                Some((value, tail)) if !value.starts_with('-') => {
+                    options.push((word.clone(), Some(value.clone())));
+                    rest = tail;
+                }
+                _ => options.push((word.clone(), None)),
+            }
+        } else if mode == Mode::Wrap {
+            // `lameduck [OPTIONS] COMMAND...` without `--`: the app starts here.
+            app = std::iter::once(word.clone())
+                .chain(rest.iter().cloned())
+                .collect();
+            break;
+        } else {
+            positionals.push(word.clone());
+        }
+    }
+    (mode, options, positionals, app)
+}
+
+/// Every container in `examples/` that runs lameduck (argv[0] named `lameduck`).
+fn invocations() -> Vec<Invocation> {
+    let mut found = Vec::new();
+    for pod in pods() {
+        for (init, container) in containers(&pod) {
+            let image = container["image"].as_str().unwrap_or_default();
+            let argv = argv(container);
+            let runs_lameduck = argv
+                .first()
+                .is_some_and(|a| Path::new(a).file_name().is_some_and(|n| n == "lameduck"));
+            if !runs_lameduck {
+                assert!(
+                    !image_repository(image).starts_with("lameduck"),
+                    "{} container {}: spell out `command` for a lameduck image, so its flags \
+                     can be checked here",
+                    pod.name,
+                    container_name(container)
+                );
+                continue;
+            }
+            let (mode, options, positionals, app) = parse_lameduck_args(&argv[1..]);
+            let env = list(&container["env"])
+                .iter()
+                .filter_map(|e| {
+                    let name = e["name"].as_str()?;
+                    name.starts_with("LAMEDUCK_").then(|| {
+                        (
+                            name.to_owned(),
+                            e["value"].as_str().unwrap_or_default().to_owned(),
+                        )
+                    })
+                })
+                .collect();
+            found.push(Invocation {
+                pod: pod.clone(),
+                container,
+                init,
+                mode,
+                argv,
+                options,
+                positionals,
+                app,
+                env,
+            });
+        }
+    }
+    found
+}
+
+fn invocations_in(mode: Mode) -> Vec<Invocation> {
+    let found: Vec<Invocation> = invocations()
+        .into_iter()
+        .filter(|i| i.mode == mode)
+        .collect();
+    assert!(
+        !found.is_empty(),
+        "no example runs lameduck in {mode:?} mode"
+    );
+    found
+}
+
+/// The long-running lameduck of a pod (wrapper or sidecar): exactly one.
+fn pod_lameduck(pod: &Pod) -> Invocation {
+    let mut running: Vec<Invocation> = invocations()
+        .into_iter()
+        .filter(|i| i.pod.name == pod.name && i.mode != Mode::Install)
+        .collect();
+    assert_eq!(
+        running.len(),
+        1,
+        "{}: expected one wrapper or sidecar lameduck, found {:?}",
+        pod.name,
+        running.iter().map(Invocation::name).collect::<Vec<_>>()
+    );
+    running.remove(0)
+}
+
+/// Parses lameduck's duration syntax: 500ms, 5s, 1m30s, 1h.
+fn parse_duration(text: &str) -> Duration {
+    let mut total = Duration::ZERO;
+    let mut rest = text.trim();
+    assert!(!rest.is_empty(), "empty duration");
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let number: u64 = rest[..digits]
+            .parse()
+            .unwrap_or_else(|_| panic!("'{text}' is not a duration"));
+        rest = &rest[digits..];
+        let unit = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        total += match &rest[..unit] {
+            "ms" => Duration::from_millis(number),
+            "s" => Duration::from_secs(number),
+            "m" => Duration::from_secs(number * 60),
+            "h" => Duration::from_secs(number * 3600),
+            other => panic!("'{text}': unknown unit '{other}'"),
+        };
+        rest = &rest[unit..];
+    }
+    total
+}
+
+/// A signal's short name as lameduck spells it: `SIGQUIT`, `quit` and `3` all give `QUIT`.
+fn signal_name(text: &str) -> String {
+    let upper = text.trim().to_ascii_uppercase();
+    match upper.as_str() {
+        "2" => "INT".into(),
+        "3" => "QUIT".into(),
+        "15" => "TERM".into(),
+        _ => upper.strip_prefix("SIG").unwrap_or(&upper).to_owned(),
+    }
+}
+
+/// Whether a pod runs nginx: an nginx image or an app named nginx.
+fn runs_nginx(pod: &Pod) -> bool {
+    containers(pod).iter().any(|(_, c)| {
+        image_repository(c["image"].as_str().unwrap_or_default()).contains("nginx")
+            || argv(c).iter().any(|a| a == "nginx")
+    })
+}
+
+fn seconds(value: &Value, what: &str) -> u64 {
+    value
+        .as_u64()
+        .unwrap_or_else(|| panic!("{what} is not a whole number: {value}"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// lameduck's help
+// ---------------------------------------------------------------------------------------------
+
+/// What a mode's `--help` lists: each flag (and whether it takes a value), the defaults, and
+/// the `LAMEDUCK_*` variables.
+struct Help {
+    flags: BTreeMap<String, bool>,
+    defaults: BTreeMap<String, String>,
+    variables: BTreeSet<String>,
+}
+
+fn parse_help(text: &str) -> Help {
+    let mut help = Help {
+        flags: BTreeMap::new(),
+        defaults: BTreeMap::new(),
+        variables: BTreeSet::new(),
+    };
+    let mut current: Option<String> = None;
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with('-') {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            for (i, word) in words.iter().enumerate() {
+                let word = word.trim_end_matches(',');
+                if word.starts_with("--") {
+                    let takes_value = words.get(i + 1).is_some_and(|next| next.starts_with('<'));
+                    help.flags.insert(word.to_owned(), takes_value);
+                    current = Some(word.to_owned());
+                } else if !word.starts_with('-') {
+                    break;
+                }
+            }
+        }
+        // Long help (`--help`) puts each on a line of its own; a `[default: ...]` inside a
+        // description is prose, not clap's default.
+        if let Some(rest) = line.strip_prefix("[default: ") {
+            if let (Some(flag), Some((value, _))) = (&current, rest.split_once(']')) {
+                help.defaults.insert(flag.clone(), value.to_owned());
+            }
+        }
+        // `[env: NAME=]`, or `[env: NAME]` for a flag whose value the help hides.
+        if let Some(rest) = line.strip_prefix("[env: ") {
+            if let Some(name) = rest.split(['=', ']']).next() {
+                help.variables.insert(name.to_owned());
+            }
+        }
+    }
+    help
+}
+
+fn help(mode: Mode) -> &'static Help {
+    static HELP: [OnceLock<Result<Help, String>>; 3] =
+        [OnceLock::new(), OnceLock::new(), OnceLock::new()];
+    let index = match mode {
+        Mode::Wrap => 0,
+        Mode::Sidecar => 1,
+        Mode::Install => 2,
+    };
+    HELP[index]
+        .get_or_init(|| {
+            let ran = lameduck(&mode.help_args(), &[]);
+            if ran.ok() && ran.stdout.contains("Usage:") {
+                Ok(parse_help(&ran.stdout))
+            } else {
+                Err(format!(
+                    "lameduck has no {mode:?} mode help: is the mode implemented?\n{}",
+                    ran.describe()
+                ))
+            }
+        })
+        .as_ref()
+        .unwrap_or_else(|err| panic!("{err}"))
+}
+
+/// Asserts that every option and `LAMEDUCK_*` variable of `invocation` is listed by its mode's
+/// help, each option with a value exactly when the help says it takes one.
+fn assert_known_to_help(invocation: &Invocation) {
+    let help = help(invocation.mode);
+    for (flag, value) in &invocation.options {
+        let takes_value = help.flags.get(flag).unwrap_or_else(|| {
+            panic!(
+                "{}: {flag} is not in `lameduck {}` (it lists {:?})",
+                invocation.name(),
+                invocation.mode.help_args().join(" "),
+                help.flags.keys().collect::<Vec<_>>()
+            )
+        });
+        assert_eq!(
+            *takes_value,
+            value.is_some(),
+            "{}: {flag} {} a value in the manifest, but not in lameduck's help",
+            invocation.name(),
+            if value.is_some() { "has" } else { "lacks" }
+        );
+    }
+    for (variable, _) in &invocation.env {
+        assert!(
+            help.variables.contains(variable),
+            "{}: {variable} is not read by lameduck {:?} mode",
+            invocation.name(),
+            invocation.mode
+        );
+    }
+}
+
+/// Asserts that lameduck parses the invocation's mode and options: with `--help` appended it
+/// prints help and exits 0 only when every value before it was accepted.
+fn assert_parses(invocation: &Invocation) {
+    let mut args = invocation.mode_and_options();
+    args.extend(invocation.positionals.iter().cloned());
+    args.push("--help".into());
+    let ran = lameduck(&args, &invocation.env);
+    assert!(
+        ran.ok() && ran.stdout.contains("Usage:"),
+        "{}: lameduck rejects {:?}\n{}",
+        invocation.name(),
+        invocation.argv,
+        ran.describe()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The Dockerfiles
+// ---------------------------------------------------------------------------------------------
+
+/// One instruction of a Dockerfile: the keyword (upper case) and the rest of the line.
+struct Instruction {
+    keyword: String,
+    args: String,
+}
+
+struct Dockerfile {
+    file: String,
+    instructions: Vec<Instruction>,
+    comments: Vec<String>,
+}
+
+impl Dockerfile {
+    fn all(&self, keyword: &str) -> impl Iterator<Item = &str> {
+        self.instructions
+            .iter()
+            .filter(move |i| i.keyword == keyword)
+            .map(|i| i.args.as_str())
+    }
+
+    /// The instructions of the final stage (after the last FROM).
+    fn final_stage(&self) -> &[Instruction] {
+        let start = self
+            .instructions
+            .iter()
+            .rposition(|i| i.keyword == "FROM")
+            .unwrap_or_else(|| panic!("{}: no FROM", self.file));
+        &self.instructions[start..]
+    }
+
+    fn final_one(&self, keyword: &str) -> Option<&str> {
+        self.final_stage()
+            .iter()
+            .rev()
+            .find(|i| i.keyword == keyword)
+            .map(|i| i.args.as_str())
+    }
+
+    /// An exec-form instruction (`["a", "b"]`) of the final stage, as a list.
+    fn exec_form(&self, keyword: &str) -> Option<Vec<String>> {
+        self.final_one(keyword).map(|args| {
+            serde_json::from_str(args).unwrap_or_else(|err| {
+                panic!(
+                    "{}: {keyword} {args} is not the exec (JSON) form: {err}",
+                    self.file
+                )
+            })
+        })
+    }
+
+    /// Global ARG defaults (before the first FROM), for `${NAME}` in FROM lines.
+    fn arg_defaults(&self) -> BTreeMap<String, String> {
+        self.instructions
+            .iter()
+            .take_while(|i| i.keyword != "FROM")
+            .filter(|i| i.keyword == "ARG")
+            .filter_map(|i| i.args.split_once('='))
+            .map(|(k, v)| (k.trim().to_owned(), v.trim().trim_matches('"').to_owned()))
+            .collect()
+    }
+
+    /// Stage name -> base image, with ARG defaults substituted.
+    fn stages(&self) -> BTreeMap<String, String> {
+        let args = self.arg_defaults();
+        self.all("FROM")
+            .filter_map(|line| {
+                let words: Vec<&str> = line.split_whitespace().collect();
+                let image = words.iter().find(|w| !w.starts_with("--"))?;
+                let alias = words
+                    .iter()
+                    .position(|w| w.eq_ignore_ascii_case("AS"))
+                    .and_then(|i| words.get(i + 1))?;
+                let mut image = (*image).to_owned();
+                for (name, value) in &args {
+                    image = image
+                        .replace(&format!("${{{name}}}"), value)
+                        .replace(&format!("${name}"), value);
+                }
+                Some(((*alias).to_owned(), image))
+            })
+            .collect()
+    }
+
+    /// Every COPY: its `--from` stage, if any, its sources and its destination.
+    fn copies(&self) -> Vec<(Option<String>, Vec<String>, String)> {
+        self.all("COPY")
+            .map(|line| {
+                let mut words: Vec<String> = if line.trim_start().starts_with('[') {
+                    serde_json::from_str(line).expect("a JSON COPY")
+                } else {
+                    line.split_whitespace().map(str::to_owned).collect()
+                };
+                let from = words
+                    .iter()
+                    .find_map(|w| w.strip_prefix("--from=").map(str::to_owned));
+                words.retain(|w| !w.starts_with("--"));
+                let dest = words.pop().expect("COPY has a destination");
+                (from, words, dest)
+            })
+            .collect()
+    }
+
+    /// The `-t`/`--tag` names of the documented `docker build` command.
+    fn documented_tags(&self) -> Vec<String> {
+        let line = self.documented("docker build");
+        let words: Vec<&str> = line.split_whitespace().collect();
+        words
+            .windows(2)
+            .filter(|w| w[0] == "-t" || w[0] == "--tag")
+            .map(|w| w[1].to_owned())
+            .collect()
+    }
+
+    /// The comment line documenting `command`.
+    fn documented(&self, command: &str) -> &str {
+        self.comments
+            .iter()
+            .find(|c| c.contains(command))
+            .unwrap_or_else(|| panic!("{}: no comment documents `{command}`", self.file))
+    }
+}
+
+fn parse_dockerfile(path: &Path) -> Dockerfile {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|err| panic!("cannot read {}: {err}", path.display()));
+    let mut instructions = Vec::new();
+    let mut comments = Vec::new();
+    let mut pending = String::new();
+    for line in text.lines() {
+        let trimmed = line.trim();
+        if let Some(comment) = trimmed.strip_prefix('#') {
+            comments.push(comment.trim().to_owned());
+            continue;
+        }
+        if trimmed.is_empty() && pending.is_empty() {
+            continue;
+        }
+        if let Some(start) = trimmed.strip_suffix('\\') {
+            pending.push_str(start);
+            pending.push(' ');
+            continue;
+        }
+        pending.push_str(trimmed);
+        let whole = std::mem::take(&mut pending);
+        let (keyword, args) = whole
+            .split_once(char::is_whitespace)
+            .unwrap_or((&whole, ""));
+        instructions.push(Instruction {
+            keyword: keyword.to_ascii_uppercase(),
+            args: args.trim().to_owned(),
+        });
+    }
+    Dockerfile {
+        file: path.file_name().unwrap().to_string_lossy().into_owned(),
+        instructions,
+        comments,
+    }
+}
+
+fn dockerfiles() -> Vec<Dockerfile> {
+    let dir = Path::new(ROOT).join("images");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|err| panic!("cannot read {}: {err}", dir.display()))
+        .map(|entry| entry.expect("a directory entry").path())
+        .filter(|path| {
+            path.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n == "Dockerfile" || n.ends_with(".Dockerfile"))
+        })
+        .collect();
+    files.sort();
+    files.iter().map(|path| parse_dockerfile(path)).collect()
+}
+
+/// `images/Dockerfile`: the lameduck image itself.
+fn lameduck_dockerfile() -> Dockerfile {
+    parse_dockerfile(&Path::new(ROOT).join("images/Dockerfile"))
+}
+
+/// The Dockerfiles whose ENTRYPOINT runs lameduck as a wrapper (something after `--`).
+fn wrapper_dockerfiles() -> Vec<Dockerfile> {
+    let found: Vec<Dockerfile> = dockerfiles()
+        .into_iter()
+        .filter(|d| {
+            d.exec_form("ENTRYPOINT")
+                .is_some_and(|e| e.iter().any(|w| w == "--"))
+        })
+        .collect();
+    assert!(
+        !found.is_empty(),
+        "no image in images/ wraps an app in lameduck"
+    );
+    found
+}
+
+// =============================================================================================
+// Kubernetes schemas
+// =============================================================================================
+
+#[test]
+fn every_example_manifest_passes_strict_schema_validation_for_kubernetes_1_37() {
+    for file in example_files() {
+        let ran = kubernetes_validate(&file, KUBERNETES_VERSION);
+        assert!(ran.ok(), "{}", ran.describe());
+    }
+}
+
+#[test]
+fn every_example_manifest_is_valid_for_kubernetes_1_29_where_native_sidecars_are_on_by_default() {
+    for file in example_files() {
+        let ran = kubernetes_validate(&file, OLDEST_KUBERNETES_VERSION);
+        assert!(ran.ok(), "{}", ran.describe());
+    }
+}
+
+#[test]
+fn the_examples_cover_the_wrapper_sidecar_and_init_install_shapes() {
+    let modes: BTreeSet<Mode> = invocations().iter().map(|i| i.mode).collect();
+    assert_eq!(
+        modes,
+        BTreeSet::from([Mode::Wrap, Mode::Sidecar, Mode::Install])
+    );
+    for pod in pods() {
+        pod_lameduck(&pod);
+    }
+}
+
+// =============================================================================================
+// lameduck's command lines in the manifests
+// =============================================================================================
+
+#[test]
+fn wrapper_flags_in_the_manifests_are_listed_by_lameduck_help() {
+    for invocation in invocations_in(Mode::Wrap) {
+        assert_known_to_help(&invocation);
+    }
+}
+
+#[test]
+fn wrapper_command_lines_in_the_manifests_start_the_app_and_exit_cleanly() {
+    for invocation in invocations_in(Mode::Wrap) {
+        assert!(
+            !invocation.app.is_empty(),
+            "{}: no app after `--`",
+            invocation.name()
+        );
+        // The same flags (endpoints moved to a free loopback port), `true` for the app: exit 0
+        // means every value parsed and the drain settings passed lameduck's own validation.
+        let mut args = invocation.rendered_options();
+        args.extend(strings(&["--", "true"]));
+        let ran = lameduck(&args, &invocation.env);
+        assert!(ran.ok(), "{}\n{}", invocation.name(), ran.describe());
+    }
+}
+
+#[test]
+fn sidecar_flags_in_the_manifests_are_listed_by_lameduck_sidecar_help() {
+    for invocation in invocations_in(Mode::Sidecar) {
+        assert_known_to_help(&invocation);
+    }
+}
+
+#[test]
+fn sidecar_command_lines_in_the_manifests_parse() {
+    for invocation in invocations_in(Mode::Sidecar) {
+        assert_parses(&invocation);
+    }
+}
+
+#[test]
+fn install_command_lines_in_the_manifests_install_an_executable_lameduck() {
+    static COUNT: AtomicUsize = AtomicUsize::new(0);
+    for invocation in invocations_in(Mode::Install) {
+        assert!(
+            invocation.options.is_empty() && invocation.positionals.len() == 1,
+            "{}: expected `lameduck install DIR`, got {:?}",
+            invocation.name(),
+            invocation.argv
+        );
+        // The manifest's DIR is a volume in the pod; here, a fresh folder stands in for it.
+        let dir = Path::new(TMP).join(format!(
+            "manifests-install-{}-{}",
+            std::process::id(),
+            COUNT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ran = lameduck(
+            &strings(&["install", dir.to_str().unwrap()]),
+            &invocation.env,
+        );
+        let installed = dir.join("lameduck");
+        let mode = std::fs::metadata(&installed).map(|m| {
+            use std::os::unix::fs::PermissionsExt;
+            m.permissions().mode()
+        });
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(ran.ok(), "{}\n{}", invocation.name(), ran.describe());
+        assert!(
+            mode.as_ref().is_ok_and(|m| m & 0o111 != 0),
+            "{}: no executable {} after install: {mode:?}",
+            invocation.name(),
+            installed.display()
+        );
+    }
+}
+
+#[test]
+fn init_install_app_runs_lameduck_from_the_volume_the_init_container_filled() {
+    for install in invocations_in(Mode::Install) {
+        assert!(
+            install.init,
+            "{}: install must run as an init container",
+            install.name()
+        );
+        assert!(
+            install.container["restartPolicy"].is_null(),
+            "{}: the installer runs once, it is not a sidecar",
+            install.name()
+        );
+        let dir = &install.positionals[0];
+        let volume = list(&install.container["volumeMounts"])
+            .iter()
+            .find(|m| m["mountPath"].as_str() == Some(dir.as_str()))
+            .and_then(|m| m["name"].as_str())
+            .unwrap_or_else(|| panic!("{}: {dir} is not a mounted volume", install.name()));
+        let binary = format!("{}/lameduck", dir.trim_end_matches('/'));
+        let app = pod_lameduck(&install.pod);
+        assert_eq!(
+            app.argv[0],
+            binary,
+            "{}: does not run the installed binary",
+            app.name()
+        );
+        let mounted = list(&app.container["volumeMounts"]).iter().any(|m| {
+            m["name"].as_str() == Some(volume) && m["mountPath"].as_str() == Some(dir.as_str())
+        });
+        assert!(
+            mounted,
+            "{}: volume {volume} is not mounted at {dir}",
+            app.name()
+        );
+    }
+}
+
+// =============================================================================================
+// Probes, hook and timing
+// =============================================================================================
+
+/// Asserts an httpGet on lameduck: the path, and the port given by number equal to `port`.
+fn assert_http_get(what: &str, handler: &Value, path: &str, port: u64) {
+    let get = &handler["httpGet"];
+    assert!(get.is_object(), "{what}: not an httpGet: {handler}");
+    assert_eq!(get["path"].as_str(), Some(path), "{what}: path");
+    assert_eq!(
+        get["port"].as_u64(),
+        Some(port),
+        "{what}: port must be lameduck's --listen port {port}, by number (a hook or probe \
+         cannot name another container's port)"
+    );
+}
+
+#[test]
+fn readiness_probes_ask_lameduck_readyz_on_its_listen_port() {
+    for pod in pods() {
+        let port = pod_lameduck(&pod).listen_port();
+        for container in list(&pod.spec["containers"]) {
+            let what = format!(
+                "{} container {} readinessProbe",
+                pod.name,
+                container_name(container)
+            );
+            assert_http_get(&what, &container["readinessProbe"], "/readyz", port);
+        }
+    }
+}
+
+#[test]
+fn liveness_probe_asks_livez_on_the_container_that_runs_lameduck() {
+    for pod in pods() {
+        let lameduck = pod_lameduck(&pod);
+        let what = format!("{} livenessProbe", lameduck.name());
+        assert_http_get(
+            &what,
+            &lameduck.container["livenessProbe"],
+            "/livez",
+            lameduck.listen_port(),
+        );
+        // Any other liveness probe must not point at lameduck: it would restart the wrong container.
+        for (_, container) in containers(&pod) {
+            let port = container["livenessProbe"]["httpGet"]["port"].as_u64();
+            if !std::ptr::eq(container, lameduck.container) {
+                assert_ne!(
+                    port,
+                    Some(lameduck.listen_port()),
+                    "{} container {}: probes lameduck's liveness",
+                    pod.name,
+                    container_name(container)
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn prestop_hooks_call_lameduck_prestop_by_port_number() {
+    for pod in pods() {
+        let port = pod_lameduck(&pod).listen_port();
+        for container in list(&pod.spec["containers"]) {
+            let what = format!(
+                "{} container {} preStop",
+                pod.name,
+                container_name(container)
+            );
+            assert_http_get(&what, &container["lifecycle"]["preStop"], "/prestop", port);
+        }
+    }
+}
+
+#[test]
+fn readiness_probe_notices_the_drain_before_the_shutdown_delay_ends() {
+    for pod in pods() {
+        let delay = pod_lameduck(&pod).duration("--shutdown-delay");
+        for container in list(&pod.spec["containers"]) {
+            let probe = &container["readinessProbe"];
+            // Kubernetes' defaults: every 10s, out after 3 failures.
+            let period = probe["periodSeconds"].as_u64().unwrap_or(10);
+            let failures = probe["failureThreshold"].as_u64().unwrap_or(3);
+            let detection = Duration::from_secs(period * failures);
+            assert!(
+                detection < delay,
+                "{} container {}: readiness notices the drain after up to {detection:?}, not \
+                 before the {delay:?} shutdown delay ends",
+                pod.name,
+                container_name(container)
+            );
+        }
+    }
+}
+
+#[test]
+fn termination_grace_period_holds_shutdown_delay_drain_timeout_and_margin() {
+    for pod in pods() {
+        let lameduck = pod_lameduck(&pod);
+        let grace = Duration::from_secs(seconds(
+            &pod.spec["terminationGracePeriodSeconds"],
+            &format!("{} terminationGracePeriodSeconds", pod.name),
+        ));
+        let delay = lameduck.duration("--shutdown-delay");
+        let drain = lameduck.duration("--drain-timeout");
+        assert!(
+            delay + drain + GRACE_MARGIN <= grace,
+            "{}: shutdown delay {delay:?} + drain timeout {drain:?} + margin {GRACE_MARGIN:?} \
+             exceed terminationGracePeriodSeconds {grace:?}",
+            pod.name
+        );
+    }
+}
+
+#[test]
+fn grace_period_flag_equals_termination_grace_period_seconds() {
+    for pod in pods() {
+        let lameduck = pod_lameduck(&pod);
+        let grace = seconds(
+            &pod.spec["terminationGracePeriodSeconds"],
+            &format!("{} terminationGracePeriodSeconds", pod.name),
+        );
+        let flag = lameduck
+            .setting("--grace-period")
+            .unwrap_or_else(|| panic!("{}: no --grace-period", lameduck.name()));
+        assert_eq!(
+            parse_duration(&flag),
+            Duration::from_secs(grace),
+            "{}: --grace-period {flag} vs terminationGracePeriodSeconds {grace}",
+            lameduck.name()
+        );
+    }
+}
+
+#[test]
+fn nginx_gets_quit_as_its_stop_signal() {
+    for pod in pods().iter().filter(|p| runs_nginx(p)) {
+        let lameduck = pod_lameduck(pod);
+        let signal = lameduck.setting("--stop-signal").unwrap_or_else(|| {
+            panic!(
+                "{}: no --stop-signal (TERM is nginx's fast shutdown)",
+                lameduck.name()
+            )
+        });
+        assert_eq!(signal_name(&signal), "QUIT", "{}", lameduck.name());
+    }
+}
+
+// =============================================================================================
+// The sidecar shape
+// =============================================================================================
+
+#[test]
+fn sidecar_runs_as_a_native_sidecar_in_a_shared_process_namespace() {
+    for sidecar in invocations_in(Mode::Sidecar) {
+        assert!(
+            sidecar.init && sidecar.container["restartPolicy"].as_str() == Some("Always"),
+            "{}: must be an init container with restartPolicy: Always (a native sidecar, \
+             stopped only after the app)",
+            sidecar.name()
+        );
+        assert_eq!(
+            sidecar.pod.spec["shareProcessNamespace"].as_bool(),
+            Some(true),
+            "{}: the sidecar can signal nginx only with shareProcessNamespace: true",
+            sidecar.pod.name
+        );
+    }
+}
+
+/// nginx's `pid` directive for a container: from `-g '...'` or from a ConfigMap mounted as
+/// /etc/nginx/nginx.conf.
+fn nginx_pid_directives(pod: &Pod, container: &Value) -> Vec<String> {
+    let mut texts: Vec<String> = Vec::new();
+    let args = argv(container);
+    for pair in args.windows(2).filter(|w| w[0] == "-g") {
+        texts.push(pair[1].replace(';', ";\n"));
+    }
+    for mount in list(&container["volumeMounts"]) {
+        if mount["mountPath"].as_str() != Some("/etc/nginx/nginx.conf") {
+            continue;
+        }
+        let volume = list(&pod.spec["volumes"])
+            .iter()
+            .find(|v| v["name"] == mount["name"])
+            .expect("the mounted volume is declared");
+        let config_map = volume["configMap"]["name"]
+            .as_str()
+            .expect("nginx.conf comes from a ConfigMap");
+        let key = mount["subPath"]
+            .as_str()
+            .expect("nginx.conf is mounted by subPath");
+        let doc = manifests()
+            .iter()
+            .filter(|m| m.file == pod.file)
+            .flat_map(|m| &m.docs)
+            .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == config_map)
+            .unwrap_or_else(|| panic!("{}: ConfigMap {config_map} is not in the file", pod.name));
+        texts.push(
+            doc["data"][key]
+                .as_str()
+                .unwrap_or_else(|| panic!("ConfigMap {config_map} has no {key}"))
+                .to_owned(),
+        );
+    }
+    texts
+        .iter()
+        .flat_map(|t| t.lines())
+        .filter_map(|line| line.trim().strip_prefix("pid "))
+        .map(|rest| rest.trim().trim_end_matches(';').trim().to_owned())
+        .collect()
+}
+
+#[test]
+fn sidecar_pid_file_is_where_nginx_writes_its_pid_on_a_shared_volume() {
+    for sidecar in invocations_in(Mode::Sidecar) {
+        let Some(pid_file) = sidecar.setting("--pid-file") else {
+            continue; // --process-name needs no file.
+        };
+        let (volume, dir) = list(&sidecar.container["volumeMounts"])
+            .iter()
+            .filter_map(|m| Some((m["name"].as_str()?, m["mountPath"].as_str()?)))
+            .find(|(_, path)| pid_file.starts_with(&format!("{}/", path.trim_end_matches('/'))))
+            .unwrap_or_else(|| panic!("{}: {pid_file} is on no mounted volume", sidecar.name()));
+        let nginx = list(&sidecar.pod.spec["containers"])
+            .iter()
+            .find(|c| image_repository(c["image"].as_str().unwrap_or_default()) == "nginx")
+            .unwrap_or_else(|| panic!("{}: no nginx container", sidecar.pod.name));
+        let shared = list(&nginx["volumeMounts"])
+            .iter()
+            .any(|m| m["name"].as_str() == Some(volume) && m["mountPath"].as_str() == Some(dir));
+        assert!(
+            shared,
+            "{}: nginx does not mount volume {volume} at {dir}",
+            sidecar.pod.name
+        );
+        assert_eq!(
+            nginx_pid_directives(&sidecar.pod, nginx),
+            vec![pid_file.clone()],
+            "{}: nginx must write its pid to {pid_file}, once",
+            sidecar.pod.name
+        );
+    }
+}
+
+// =============================================================================================
+// Service, disruption budget, rollout
+// =============================================================================================
+
+fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+    !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+fn docs_of_kind(file: &str, kind: &str) -> Vec<&'static Value> {
+    manifests()
+        .iter()
+        .filter(|m| m.file == file)
+        .flat_map(|m| &m.docs)
+        .filter(|d| d["kind"] == kind)
+        .collect()
+}
+
+#[test]
+fn a_service_selects_each_examples_pods_and_targets_the_app_port() {
+    for pod in pods() {
+        let lameduck_port = pod_lameduck(&pod).listen_port();
+        let services: Vec<&Value> = docs_of_kind(pod.file, "Service")
+            .into_iter()
+            .filter(|s| selects(&string_map(&s["spec"]["selector"]), &pod.labels))
+            .collect();
+        assert_eq!(
+            services.len(),
+            1,
+            "{}: one Service must select it",
+            pod.name
+        );
+        for port in list(&services[0]["spec"]["ports"]) {
+            let target = &port["targetPort"];
+            let container_port = list(&pod.spec["containers"])
+                .iter()
+                .flat_map(|c| list(&c["ports"]))
+                .find(|p| match target {
+                    Value::String(name) => p["name"].as_str() == Some(name),
+                    Value::Number(n) => p["containerPort"].as_u64() == n.as_u64(),
+                    _ => p["containerPort"] == port["port"],
+                })
+                .unwrap_or_else(|| {
+                    panic!("{}: targetPort {target} is no container port", pod.name)
+                });
+            assert_ne!(
+                container_port["containerPort"].as_u64(),
+                Some(lameduck_port),
+                "{}: the Service must send traffic to the app, not to lameduck",
+                pod.name
+            );
+        }
+    }
+}
+
+#[test]
+fn a_disruption_budget_keeps_one_pod_of_each_example_available() {
+    for pod in pods() {
+        let budgets: Vec<&Value> = docs_of_kind(pod.file, "PodDisruptionBudget")
+            .into_iter()
+            .filter(|b| {
+                selects(
+                    &string_map(&b["spec"]["selector"]["matchLabels"]),
+                    &pod.labels,
+                )
+            })
+            .collect();
+        assert_eq!(
+            budgets.len(),
+            1,
+            "{}: one PodDisruptionBudget must select it",
+            pod.name
+        );
+        assert_eq!(
+            budgets[0]["spec"]["minAvailable"].as_u64(),
+            Some(1),
+            "{}",
+            pod.name
+        );
+    }
+}
+
+#[test]
+fn rolling_updates_add_one_pod_before_removing_any() {
+    for pod in pods() {
+        let spec = &pod.workload["spec"];
+        assert!(
+            spec["replicas"].as_u64().is_some_and(|r| r >= 2),
+            "{}: at least 2 replicas, so one can drain while another serves",
+            pod.name
+        );
+        let strategy = &spec["strategy"];
+        assert_eq!(
+            strategy["type"].as_str(),
+            Some("RollingUpdate"),
+            "{}",
+            pod.name
+        );
+        assert_eq!(
+            strategy["rollingUpdate"]["maxUnavailable"].as_u64(),
+            Some(0),
+            "{}",
+            pod.name
+        );
+        assert_eq!(
+            strategy["rollingUpdate"]["maxSurge"].as_u64(),
+            Some(1),
+            "{}",
+            pod.name
+        );
+    }
+}
+
+// =============================================================================================
+// The images
+// =============================================================================================
+
+#[test]
+fn every_image_entrypoint_runs_the_binary_its_copy_put_there() {
+    let files = dockerfiles();
+    assert!(
+        files.len() >= 2,
+        "expected images/Dockerfile and images/nginx.Dockerfile"
+    );
+    for dockerfile in files {
+        let entrypoint = dockerfile
+            .exec_form("ENTRYPOINT")
+            .unwrap_or_else(|| panic!("{}: no ENTRYPOINT", dockerfile.file));
+        let copied: Vec<String> = dockerfile
+            .final_stage()
+            .iter()
+            .filter(|i| i.keyword == "COPY")
+            .filter_map(|i| i.args.split_whitespace().last().map(str::to_owned))
+            .collect();
+        assert!(
+            copied.contains(&entrypoint[0]),
+            "{}: ENTRYPOINT runs {} but COPY puts files at {copied:?}",
+            dockerfile.file,
+            entrypoint[0]
+        );
+    }
+}
+
+#[test]
+fn lameduck_image_is_built_from_the_static_binary_cargo_writes() {
+    let dockerfile = lameduck_dockerfile();
+    assert_eq!(dockerfile.final_one("FROM"), Some("scratch"));
+    let copies = dockerfile.copies();
+    assert_eq!(copies.len(), 1, "images/Dockerfile: one COPY, the binary");
+    let (from, sources, _) = &copies[0];
+    assert!(from.is_none());
+    let binary = Path::new(LAMEDUCK).file_name().unwrap().to_str().unwrap();
+    assert_eq!(
+        sources,
+        &vec![binary.to_owned()],
+        "the COPY source is cargo's binary"
+    );
+
+    // The documented commands: a static build for an explicit target, and that target's
+    // release folder as the build context.
+    let cargo = dockerfile.documented("cargo build");
+    assert!(
+        cargo.contains("+crt-static"),
+        "FROM scratch needs a static binary: {cargo}"
+    );
+    assert!(cargo.contains("--release"), "{cargo}");
+    let words: Vec<&str> = cargo.split_whitespace().collect();
+    let triple = words
+        .windows(2)
+        .find(|w| w[0] == "--target")
+        .map(|w| w[1])
+        .unwrap_or_else(|| panic!("no --target in: {cargo}"));
+    let docker = dockerfile.documented("docker build");
+    assert!(docker.contains("-f images/Dockerfile"), "{docker}");
+    let context = docker.split_whitespace().last().unwrap();
+    assert_eq!(
+        Path::new(context),
+        Path::new("target").join(triple).join("release"),
+        "the build context must be where `cargo build --release --target {triple}` writes"
+    );
+}
+
+#[test]
+fn nginx_image_copies_lameduck_from_where_the_lameduck_image_has_it() {
+    let lameduck_image = lameduck_dockerfile();
+    let binary = lameduck_image
+        .exec_form("ENTRYPOINT")
+        .expect("images/Dockerfile has an ENTRYPOINT")[0]
+        .clone();
+    let tags = lameduck_image.documented_tags();
+    let mut checked = 0;
+    for dockerfile in dockerfiles() {
+        let stages = dockerfile.stages();
+        for (from, sources, _) in dockerfile.copies() {
+            let Some(stage) = from else { continue };
+            let image = stages.get(&stage).cloned().unwrap_or(stage);
+            if image_repository(&image) != "lameduck" {
+                continue;
+            }
+            checked += 1;
+            assert!(
+                tags.contains(&image),
+                "{}: copies from {image}, but images/Dockerfile documents the tags {tags:?}",
+                dockerfile.file
+            );
+            assert_eq!(sources, vec![binary.clone()], "{}", dockerfile.file);
+        }
+    }
+    assert!(
+        checked > 0,
+        "no image copies lameduck out of the lameduck image"
+    );
+}
+
+#[test]
+fn every_image_the_examples_use_is_built_here_or_is_an_images_base() {
+    let files = dockerfiles();
+    let mut known: BTreeSet<String> = BTreeSet::new();
+    for dockerfile in &files {
+        known.extend(dockerfile.documented_tags());
+        known.extend(dockerfile.arg_defaults().into_values());
+    }
+    for pod in pods() {
+        for (_, container) in containers(&pod) {
+            let image = container["image"].as_str().unwrap_or_default();
+            assert!(
+                known.contains(image),
+                "{} container {}: image {image} is neither built by a documented command in \
+                 images/ nor one of their bases ({known:?})",
+                pod.name,
+                container_name(container)
+            );
+        }
+    }
+}
+
+#[test]
+fn wrapper_image_entrypoint_flags_are_accepted_by_lameduck() {
+    for dockerfile in wrapper_dockerfiles() {
+        let entrypoint = dockerfile.exec_form("ENTRYPOINT").unwrap();
+        let split = entrypoint.iter().position(|w| w == "--").unwrap();
+        let options = &entrypoint[1..split];
+        let (_, parsed, _, _) = parse_lameduck_args(options);
+        let help = help(Mode::Wrap);
+        for (flag, _) in &parsed {
+            assert!(
+                help.flags.contains_key(flag),
+                "{}: {flag} is not in `lameduck --help`",
+                dockerfile.file
+            );
+        }
+        let cmd = dockerfile.exec_form("CMD").unwrap_or_default();
+        assert!(
+            split + 1 < entrypoint.len() || !cmd.is_empty(),
+            "{}: nothing to run after `--`",
+            dockerfile.file
+        );
+        let mut args = options.to_vec();
+        args.extend(strings(&["--", "true"]));
+        let ran = lameduck(&args, &[]);
+        assert!(ran.ok(), "{}\n{}", dockerfile.file, ran.describe());
+    }
+}
+
+#[test]
+fn wrapper_image_stop_signal_is_one_that_starts_the_drain() {
+    for dockerfile in wrapper_dockerfiles() {
+        // Explicit: a base image's STOPSIGNAL (nginx's is QUIT) would otherwise be inherited.
+        let signal = dockerfile
+            .final_one("STOPSIGNAL")
+            .unwrap_or_else(|| panic!("{}: no STOPSIGNAL", dockerfile.file));
+        let ran = lameduck(&strings(&["--stop-signal", signal, "--help"]), &[]);
+        assert!(
+            ran.ok(),
+            "{}: {signal} is no signal\n{}",
+            dockerfile.file,
+            ran.describe()
+        );
+        assert!(
+            DRAIN_SIGNALS.contains(&signal_name(signal).as_str()),
+            "{}: STOPSIGNAL {signal} would be forwarded to the app instead of starting the drain",
+            dockerfile.file
+        );
+    }
+}
+
+#[test]
+fn wrapper_image_exposes_lameduck_listen_port() {
+    let default = help(Mode::Wrap).defaults["--listen"].clone();
+    for dockerfile in wrapper_dockerfiles() {
+        let entrypoint = dockerfile.exec_form("ENTRYPOINT").unwrap();
+        let (_, options, _, _) = parse_lameduck_args(&entrypoint[1..]);
+        let listen = options
+            .iter()
+            .rev()
+            .find(|(f, _)| f == "--listen")
+            .and_then(|(_, v)| v.clone())
+            .unwrap_or_else(|| default.clone());
+        let port = listen.rsplit(':').next().unwrap();
+        let exposed: Vec<&str> = dockerfile
+            .all("EXPOSE")
+            .flat_map(str::split_whitespace)
+            .map(|p| p.trim_end_matches("/tcp"))
+            .collect();
+        assert!(
+            exposed.contains(&port),
+            "{}: EXPOSE {exposed:?} lacks lameduck's port {port}",
+            dockerfile.file
+        );
+    }
+}
