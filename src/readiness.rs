@@ -2,12 +2,11 @@
 //! reports each change to the supervisor.
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
-use http_body_util::Empty;
-use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
@@ -16,14 +15,16 @@ use crate::phase::Event;
 /// Where and how to ask the app whether it is ready.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ReadyCheck {
-    /// Ready once a TCP connection to `authority` (HOST:PORT) succeeds.
+    /// Ready once a TCP connection to `addr` succeeds.
     Tcp {
-        /// HOST:PORT to connect to.
-        authority: String,
+        /// Where to connect.
+        addr: SocketAddr,
     },
-    /// Ready once `GET path` on `authority` answers 2xx or 3xx.
+    /// Ready once `GET path` on `addr` answers 2xx or 3xx.
     Http {
-        /// HOST:PORT to connect to.
+        /// Where to connect.
+        addr: SocketAddr,
+        /// The HOST:PORT as written, sent as the Host header.
         authority: String,
         /// Path and query, starting with `/`.
         path: String,
@@ -42,23 +43,20 @@ impl FromStr for ReadyCheck {
             Some(slash) => (&rest[..slash], &rest[slash..]),
             None => (rest, ""),
         };
-        let port_ok = authority.rsplit_once(':').is_some_and(|(host, port)| {
-            !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0)
-        });
-        if !port_ok || authority.chars().any(|c| c.is_whitespace() || c == '@') {
-            return Err(format!("'{text}' needs a HOST:PORT; {usage}"));
-        }
+        let addr = socket_addr(authority).ok_or_else(|| {
+            format!("'{text}' needs an IP address or localhost and a port, e.g. 127.0.0.1:8080 (lameduck does not resolve host names: it runs in images without a resolver)")
+        })?;
         if path.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(format!(
                 "'{text}' has a space or control character in its path"
             ));
         }
-        let authority = authority.to_owned();
         match scheme {
-            "tcp" if path.is_empty() || path == "/" => Ok(ReadyCheck::Tcp { authority }),
+            "tcp" if path.is_empty() || path == "/" => Ok(ReadyCheck::Tcp { addr }),
             "tcp" => Err(format!("'{text}': a tcp check takes no path; {usage}")),
             "http" => Ok(ReadyCheck::Http {
-                authority,
+                addr,
+                authority: authority.to_owned(),
                 path: if path.is_empty() {
                     "/".into()
                 } else {
@@ -70,11 +68,22 @@ impl FromStr for ReadyCheck {
     }
 }
 
+/// `IP:PORT`, `[IPv6]:PORT` or `localhost:PORT`, with a port other than 0.
+fn socket_addr(authority: &str) -> Option<SocketAddr> {
+    let addr = match authority.strip_prefix("localhost:") {
+        Some(port) => SocketAddr::from(([127, 0, 0, 1], port.parse().ok()?)),
+        None => authority.parse().ok()?,
+    };
+    (addr.port() != 0).then_some(addr)
+}
+
 impl fmt::Display for ReadyCheck {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ReadyCheck::Tcp { authority } => write!(f, "tcp://{authority}"),
-            ReadyCheck::Http { authority, path } => write!(f, "http://{authority}{path}"),
+            ReadyCheck::Tcp { addr } => write!(f, "tcp://{addr}"),
+            ReadyCheck::Http {
+                authority, path, ..
+            } => write!(f, "http://{authority}{path}"),
         }
     }
 }
@@ -89,34 +98,46 @@ impl ReadyCheck {
 
     async fn probe_inner(&self) -> bool {
         match self {
-            ReadyCheck::Tcp { authority } => TcpStream::connect(authority.as_str()).await.is_ok(),
-            ReadyCheck::Http { authority, path } => http_status_ok(authority, path).await,
+            ReadyCheck::Tcp { addr } => TcpStream::connect(addr).await.is_ok(),
+            ReadyCheck::Http {
+                addr,
+                authority,
+                path,
+            } => http_status_ok(*addr, authority, path).await,
         }
     }
 }
 
-async fn http_status_ok(authority: &str, path: &str) -> bool {
-    let Ok(stream) = TcpStream::connect(authority).await else {
+/// Sends `GET path` and reads just the status line (parsed by httparse, hyper's own parser):
+/// a whole HTTP client would cost more binary than this one request is worth.
+async fn http_status_ok(addr: SocketAddr, authority: &str, path: &str) -> bool {
+    let Ok(mut stream) = TcpStream::connect(addr).await else {
         return false;
     };
-    let Ok((mut sender, connection)) =
-        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
-    else {
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: lameduck-ready-check\r\nConnection: close\r\n\r\n"
+    );
+    if stream.write_all(request.as_bytes()).await.is_err() {
         return false;
-    };
-    let connection = tokio::spawn(connection);
-    let request = hyper::Request::get(path)
-        .header(hyper::header::HOST, authority)
-        .header(hyper::header::USER_AGENT, "lameduck-ready-check")
-        .body(Empty::<Bytes>::new());
-    let ready = match request {
-        Ok(request) => sender.send_request(request).await.is_ok_and(|response| {
-            response.status().is_success() || response.status().is_redirection()
-        }),
-        Err(_) => false,
-    };
-    connection.abort();
-    ready
+    }
+    let mut buf = [0u8; 1024];
+    let mut len = 0;
+    while len < buf.len() {
+        match stream.read(&mut buf[len..]).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => len += n,
+        }
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut response = httparse::Response::new(&mut headers);
+        let parsed = response.parse(&buf[..len]);
+        if let Some(code) = response.code {
+            return (200..400).contains(&code);
+        }
+        if parsed.is_err() {
+            return false;
+        }
+    }
+    false
 }
 
 /// Polls `check` every `interval` and sends `Event::AppReady` whenever the answer changes,
@@ -146,12 +167,13 @@ mod tests {
         assert_eq!(
             "tcp://127.0.0.1:8080".parse(),
             Ok(ReadyCheck::Tcp {
-                authority: "127.0.0.1:8080".into()
+                addr: "127.0.0.1:8080".parse().unwrap()
             })
         );
         assert_eq!(
             "http://localhost:80/healthz?x=1".parse(),
             Ok(ReadyCheck::Http {
+                addr: "127.0.0.1:80".parse().unwrap(),
                 authority: "localhost:80".into(),
                 path: "/healthz?x=1".into()
             })
@@ -159,6 +181,7 @@ mod tests {
         assert_eq!(
             "http://[::1]:80".parse(),
             Ok(ReadyCheck::Http {
+                addr: "[::1]:80".parse().unwrap(),
                 authority: "[::1]:80".into(),
                 path: "/".into()
             })
@@ -178,6 +201,7 @@ mod tests {
             "tcp://localhost:80/path",
             "http://localhost:80/a b",
             "http://user@localhost:80/",
+            "http://app.svc:80/",
         ] {
             assert!(text.parse::<ReadyCheck>().is_err(), "{text}");
         }
