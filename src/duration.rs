@@ -142,6 +142,26 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #[test]
+        fn never_panics_on_any_text(text in "\\PC{0,40}") {
+            let _ = parse(&text);
+        }
+
+        #[test]
+        fn never_panics_on_duration_shaped_text(text in "[0-9.]{0,25}(ms|s|m|h|x|)([0-9.]{0,25}(ms|s|m|h|))?") {
+            if let Ok(parsed) = parse(&text) {
+                proptest::prop_assert!(parsed <= MAX);
+            }
+        }
+
+        #[test]
+        fn every_formatted_duration_parses_back(ms in 0u64..MAX.as_millis() as u64) {
+            let d = Duration::from_millis(ms);
+            proptest::prop_assert_eq!(parse(&format(d)), Ok(d));
+        }
+    }
+
     #[test]
     fn format_round_trips() {
         for ms in [0u64, 1, 500, 5000, 90_000, 3_661_001] {

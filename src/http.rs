@@ -109,14 +109,47 @@ fn authorized(config: &DrainConfig, request: &Request<Incoming>) -> bool {
     let Some(token) = &config.prestop_token else {
         return true;
     };
-    let Some(given) = request.headers().get(AUTHORIZATION) else {
-        return false;
-    };
-    let given = given.as_bytes();
-    let Some(given) = given.strip_prefix(b"Bearer ") else {
-        return false;
-    };
-    bool::from(given.ct_eq(token.0.as_bytes()))
+    let header = request
+        .headers()
+        .get(AUTHORIZATION)
+        .map(HeaderValue::as_bytes);
+    bearer_matches(&token.0, header)
+}
+
+/// Whether an `Authorization` header value is `Bearer <token>`.
+fn bearer_matches(token: &str, header: Option<&[u8]>) -> bool {
+    match header.and_then(|value| value.strip_prefix(b"Bearer ")) {
+        Some(given) => bool::from(given.ct_eq(token.as_bytes())),
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_exact_bearer_token_matches() {
+        assert!(bearer_matches("s3cret", Some(b"Bearer s3cret")));
+        for header in [
+            None,
+            Some(&b""[..]),
+            Some(b"s3cret"),
+            Some(b"Bearer s3cre"),
+            Some(b"Bearer s3cret "),
+            Some(b"bearer s3cret"),
+        ] {
+            assert!(!bearer_matches("s3cret", header), "{header:?}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn a_header_matches_only_its_own_token(token in "[!-~]{1,40}", header in proptest::collection::vec(proptest::num::u8::ANY, 0..60)) {
+            let expected = header.strip_prefix(b"Bearer ") == Some(token.as_bytes());
+            proptest::prop_assert_eq!(bearer_matches(&token, Some(&header)), expected);
+        }
+    }
 }
 
 fn readyz(snapshot: &Snapshot) -> Response<Full<Bytes>> {

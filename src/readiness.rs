@@ -188,6 +188,20 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        #[test]
+        fn never_panics_on_any_text(text in "\\PC{0,60}") {
+            let _ = text.parse::<ReadyCheck>();
+        }
+
+        #[test]
+        fn never_panics_on_url_shaped_text(text in "(tcp|http|x)://[a-z0-9.:\\[\\]]{0,30}(/\\PC{0,20})?") {
+            if let Ok(check) = text.parse::<ReadyCheck>() {
+                proptest::prop_assert_eq!(check.to_string().parse::<ReadyCheck>(), Ok(check));
+            }
+        }
+    }
+
     #[test]
     fn rejects_malformed_checks() {
         for text in [

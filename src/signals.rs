@@ -165,6 +165,24 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #[test]
+        fn signal_and_rewrite_parsers_never_panic(text in "\\PC{0,30}") {
+            let _ = text.parse::<SignalArg>();
+            let _ = text.parse::<Rewrite>();
+        }
+
+        #[test]
+        fn every_signal_parses_by_number_and_by_name(number in 1i32..32) {
+            if let Ok(signal) = Signal::try_from(number) {
+                proptest::prop_assert_eq!(number.to_string().parse::<SignalArg>(), Ok(SignalArg(signal)));
+                proptest::prop_assert_eq!(short_name(signal).parse::<SignalArg>(), Ok(SignalArg(signal)));
+                let rule = format!("{}:{number}", short_name(signal)).parse::<Rewrite>();
+                proptest::prop_assert_eq!(rule, Ok(Rewrite { from: signal, to: signal }));
+            }
+        }
+    }
+
     #[test]
     fn sigkill_and_sigstop_are_never_caught() {
         assert!(!FORWARDED.contains(&Signal::SIGKILL));
