@@ -195,6 +195,7 @@ const RULES: &[(&str, &str)] = &[
     ("flag-invalid", "error"),
     ("listen-unreachable", "error"),
     ("prestop-missing", "error"),
+    ("prestop-advised", "warning"),
     ("prestop-not-lameduck", "error"),
     ("prestop-named-port", "error"),
     ("prestop-no-token", "error"),
@@ -241,6 +242,7 @@ rule_tests!(
     flag_invalid,
     listen_unreachable,
     prestop_missing,
+    prestop_advised,
     prestop_not_lameduck,
     prestop_named_port,
     prestop_no_token,
@@ -302,9 +304,8 @@ fn text_lines_name_severity_file_object_container_path_rule_and_fix() {
         first,
         "error  tests/manifests/broken/prestop-missing.yaml: Deployment/web container \"app\" \
          spec.template.spec.containers[0].lifecycle.preStop [prestop-missing]: no preStop hook: \
-         the drain waits for the runtime's stop signal, and only SIGTERM or SIGINT start \
-         lameduck's delay (nginx images stop with SIGQUIT); add lifecycle.preStop.httpGet with \
-         path /prestop and port 8099"
+         nothing calls the sidecar, so the kubelet stops the app while endpoints still route to \
+         it; add lifecycle.preStop.httpGet with path /prestop and port 8099"
     );
     assert!(
         ran.stdout

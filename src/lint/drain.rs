@@ -137,14 +137,19 @@ impl Drain<'_, '_> {
             }
         );
         let Some(hook) = container.handler(&["lifecycle", "preStop"]) else {
-            let why = match self.lameduck.role {
-                Role::Sidecar => "the app gets its stop signal while endpoints still route to it",
-                _ => {
-                    "the drain waits for the runtime's stop signal, and only SIGTERM or SIGINT start lameduck's delay (nginx images stop with SIGQUIT)"
-                }
+            // A wrapper still drains on the runtime's stop signal; a sidecar never sees it.
+            let (rule, why) = match self.lameduck.role {
+                Role::Sidecar => (
+                    Rule::PrestopMissing,
+                    "nothing calls the sidecar, so the kubelet stops the app while endpoints still route to it",
+                ),
+                _ => (
+                    Rule::PrestopAdvised,
+                    "the drain then starts only if the runtime's stop signal reaches lameduck as SIGTERM, SIGINT or its --stop-signal; a hook starts it whatever the image's STOPSIGNAL",
+                ),
             };
             findings.add(
-                Rule::PrestopMissing,
+                rule,
                 Some(container),
                 &path,
                 format!("no preStop hook: {why}"),

@@ -481,7 +481,7 @@ spec:
         let missing = outcome
             .findings
             .iter()
-            .find(|f| f.rule == report::Rule::PrestopMissing)
+            .find(|f| f.rule == report::Rule::PrestopAdvised)
             .expect("a missing preStop is found");
         assert_eq!(missing.file, "t");
         assert_eq!(missing.kind, "Deployment");

@@ -59,6 +59,7 @@ rules! {
     FlagInvalid = "flag-invalid", Error;
     ListenUnreachable = "listen-unreachable", Error;
     PrestopMissing = "prestop-missing", Error;
+    PrestopAdvised = "prestop-advised", Warning;
     PrestopNotLameduck = "prestop-not-lameduck", Error;
     PrestopNamedPort = "prestop-named-port", Error;
     PrestopNoToken = "prestop-no-token", Error;
