@@ -293,8 +293,9 @@ pub struct DrainConfig {
     pub stop_signal: Signal,
     /// What /readyz answers during the shutdown delay.
     pub readiness_during_delay: ReadinessDuringDelay,
-    /// The latest moment after the start of the drain at which lameduck kills what is left,
-    /// when a grace period was given.
+    /// With a grace period: the time after the start of the drain (preStop included) at which
+    /// lameduck kills what is left, whatever the drain timeout says, a fixed margin before the
+    /// kubelet's SIGKILL.
     pub kill_budget: Option<Duration>,
     /// The bearer token /prestop demands, if any.
     pub prestop_token: Option<Token>,
@@ -306,7 +307,6 @@ impl DrainArgs {
         let stop_signal = self
             .stop_signal
             .map_or_else(|| rewrites.apply(Signal::SIGTERM), |s| s.0);
-        let mut drain_timeout = self.drain_timeout;
         let mut kill_budget = None;
         if let Some(grace) = self.grace_period {
             let budget = grace.checked_sub(GRACE_MARGIN).unwrap_or_default();
@@ -318,22 +318,20 @@ impl DrainArgs {
                     duration::format(GRACE_MARGIN)
                 ));
             }
-            let fits = budget - self.shutdown_delay;
-            if drain_timeout > fits {
+            if self.shutdown_delay + self.drain_timeout > budget {
                 tracing::warn!(
-                    drain_timeout = %duration::format(drain_timeout),
-                    shortened_to = %duration::format(fits),
+                    drain_timeout = %duration::format(self.drain_timeout),
                     grace_period = %duration::format(grace),
-                    "shutdown delay + drain timeout exceed the grace period less a 2s margin; shortening the drain timeout so lameduck, not the kubelet, makes the final kill"
+                    final_kill_after = %duration::format(budget),
+                    "shutdown delay + drain timeout exceed the grace period less a 2s margin; the drain is cut short there, so lameduck, not the kubelet, makes the final kill"
                 );
-                drain_timeout = fits;
             }
             kill_budget = Some(budget);
         }
         Ok(DrainConfig {
             listen: self.listen,
             shutdown_delay: self.shutdown_delay,
-            drain_timeout,
+            drain_timeout: self.drain_timeout,
             stop_signal,
             readiness_during_delay: self.readiness_during_delay,
             kill_budget,

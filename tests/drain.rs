@@ -297,7 +297,7 @@ fn a_grace_period_too_short_for_the_delay_is_a_usage_error() {
 }
 
 #[test]
-fn a_grace_period_shortens_the_drain_timeout_so_lameduck_kills_first() {
+fn a_grace_period_cuts_the_drain_short_so_lameduck_kills_first() {
     let mut run = start_signals_app(
         Mode::Subreaper,
         &[
@@ -311,7 +311,7 @@ fn a_grace_period_shortens_the_drain_timeout_so_lameduck_kills_first() {
         &["--exit-on", "none"],
     );
     assert!(
-        run.stderr.contains("shortening the drain timeout"),
+        run.stderr.contains("the drain is cut short there"),
         "{:#?}",
         run.stderr.all()
     );
@@ -322,6 +322,41 @@ fn a_grace_period_shortens_the_drain_timeout_so_lameduck_kills_first() {
         started.elapsed() >= SECOND && started.elapsed() < 5 * SECOND,
         "killed after ~1s: {:?}",
         started.elapsed()
+    );
+}
+
+#[test]
+fn with_a_grace_period_the_final_kill_counts_from_the_start_of_the_drain() {
+    // The delay is skipped by a second SIGTERM, so the stop signal comes early; the kill still
+    // comes at the grace period less 2s after the drain began, not a drain timeout after it.
+    let mut run = start_signals_app(
+        Mode::Pid1,
+        &[
+            "--shutdown-delay",
+            "2s",
+            "--drain-timeout",
+            "1m",
+            "--grace-period",
+            "5s",
+        ],
+        &["--exit-on", "none"],
+    );
+    let addr = run.addr();
+    assert!(wait_until(5 * SECOND, || get(addr, "/readyz").0 == 200));
+    let started = Instant::now();
+    run.signal(Signal::SIGTERM);
+    assert!(wait_until(SECOND, || get(addr, "/readyz").0 == 503));
+    run.signal(Signal::SIGTERM);
+    run.expect_exact("TERM");
+    assert!(
+        started.elapsed() < 2 * SECOND,
+        "the second SIGTERM skipped the delay"
+    );
+    assert_eq!(run.wait_exit(10 * SECOND), 137);
+    let killed = started.elapsed();
+    assert!(
+        killed >= Duration::from_millis(2900) && killed < 6 * SECOND,
+        "killed {killed:?} after the drain began"
     );
 }
 
