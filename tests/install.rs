@@ -104,22 +104,9 @@ fn a_read_only_dir_is_a_one_line_error() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Builds (or finds up to date) the static lameduck and fixture with scripts/build-static.sh.
-fn static_build() -> (PathBuf, PathBuf) {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let status = Command::new(root.join("scripts/build-static.sh"))
-        .env_remove("RUSTFLAGS")
-        .stdout(std::process::Stdio::null())
-        .status()
-        .expect("build static");
-    assert!(status.success(), "static build failed");
-    let release = root.join("target/x86_64-unknown-linux-gnu/release");
-    (release.join("lameduck"), release.join("examples/fixture"))
-}
-
 #[test]
 fn the_static_binary_runs_in_an_empty_root() {
-    let (lameduck, fixture) = static_build();
+    let (lameduck, fixture) = common::static_build();
     let root = temp_dir("empty-root");
     // The init container's job: the static binary installs itself into the shared volume.
     assert_eq!(install(&lameduck, &root).status.code(), Some(0));

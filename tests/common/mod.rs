@@ -4,7 +4,9 @@
 
 #![allow(dead_code)]
 
+pub mod docker;
 pub mod haproxy;
+pub mod kubelet;
 pub mod load;
 pub mod nginx;
 
@@ -369,4 +371,26 @@ pub fn http_with(
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
     (status, body)
+}
+
+/// Builds (or finds up to date) the static lameduck and fixture with scripts/build-static.sh;
+/// returns their paths.
+pub fn static_build() -> (PathBuf, PathBuf) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let output = Command::new(root.join("scripts/build-static.sh"))
+        .env_remove("RUSTFLAGS")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run scripts/build-static.sh");
+    assert!(
+        output.status.success(),
+        "static build failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let binary = root.join(String::from_utf8_lossy(&output.stdout).trim());
+    let fixture = binary
+        .parent()
+        .expect("release folder")
+        .join("examples/fixture");
+    (binary, fixture)
 }

@@ -1,0 +1,442 @@
+//! Real images in real containers, run the way the kubelet runs a pod: the three shapes of
+//! examples/ (the wrapper image, stock nginx with the lameduck native sidecar, and the
+//! init-container install), each deleted under load behind real HAProxy beside a backend that
+//! stays up, with not one request failing; `docker stop` on the wrapper image, which must end
+//! cleanly inside its default 10s; and the scratch image itself. Needs Docker: without it these
+//! tests fail, they do not skip.
+
+mod common;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use common::docker::{Container, ContainerSpec, Pod, PodSpec, docker, images};
+use common::haproxy::{Haproxy, Server, free_addrs};
+use common::kubelet::{self, Termination, wait_ready};
+use common::load::{Connections, Load, Plan};
+use common::nginx::{NginxConfig, SLOW_BYTES, SLOW_RATE};
+use common::{Lameduck, Mode};
+
+/// The shutdown delay: well over HAProxy's detection time (two checks 200 ms apart).
+const DELAY: Duration = Duration::from_secs(2);
+/// The pods' `terminationGracePeriodSeconds`.
+const GRACE: Duration = Duration::from_secs(10);
+/// lameduck's drain in every pod: 2s delay + 5s drain timeout + its 2s margin fit in GRACE.
+const DRAIN_FLAGS: [&str; 4] = [
+    "--shutdown-delay=2s",
+    "--drain-timeout=5s",
+    "--grace-period=10s",
+    "--stop-signal=QUIT",
+];
+/// How long one `/slow` request takes.
+const SLOW: Duration = Duration::from_millis((SLOW_BYTES * 1000 / SLOW_RATE) as u64);
+/// Room for a busy machine in the upper bounds on exit times.
+const SLACK: Duration = Duration::from_secs(3);
+/// Requests in flight at any moment.
+const WORKERS: usize = 6;
+/// Load before the pod is deleted, so it serves its share first, and after it is gone, so the
+/// other backend is seen serving alone.
+const STEADY: Duration = Duration::from_secs(1);
+/// How long a pod may take to become ready (containers starting on a busy machine).
+const STARTUP: Duration = Duration::from_secs(30);
+/// nginx's port and lameduck's (its `--listen` default), as the pod specs publish them.
+const HTTP: u16 = 80;
+const LAMEDUCK: u16 = 8099;
+
+#[test]
+fn wrapper_image_pod_is_deleted_under_load_without_failing_a_request() {
+    let images = images();
+    let ip = Ipv4Addr::new(127, 0, 63, 1);
+    // As examples/wrapper.yaml: the command spelled out, so the drain's numbers are visible.
+    let command = lameduck_command("/lameduck");
+    let pod = PodSpec::new("wrapper", ip)
+        .port(HTTP)
+        .port(LAMEDUCK)
+        .container(
+            ContainerSpec::new("nginx", &images.wrapper)
+                .command(&command)
+                .args(&["nginx", "-g", "daemon off;"])
+                .pre_stop_http_get(LAMEDUCK, "/prestop"),
+        )
+        .start();
+
+    let termination = delete_under_load("wrapper", ip, &pod);
+
+    assert_drained_inside_the_hook(&termination, "nginx");
+    // nginx.Dockerfile sets STOPSIGNAL SIGTERM again: the kubelet's signal is for lameduck.
+    assert_eq!(termination.container("nginx").stop_signal, "SIGTERM");
+}
+
+#[test]
+fn sidecar_pod_with_stock_nginx_is_deleted_under_load_without_failing_a_request() {
+    let images = images();
+    let ip = Ipv4Addr::new(127, 0, 63, 2);
+    // As examples/nginx-sidecar.yaml: the sidecar finds nginx's master by the pid file nginx
+    // writes on the emptyDir they share, and signals it across the shared PID namespace.
+    let mut sidecar = vec!["/lameduck", "sidecar", "--pid-file=/run/nginx/nginx.pid"];
+    sidecar.extend(DRAIN_FLAGS);
+    let pod = PodSpec::new("sidecar", ip)
+        .port(HTTP)
+        .port(LAMEDUCK)
+        .share_process_namespace()
+        .sidecar(
+            ContainerSpec::new("lameduck", &images.lameduck)
+                .command(&sidecar)
+                .empty_dir("nginx-run", "/run/nginx", true),
+        )
+        .container(
+            // The stock image's own entrypoint; only its config comes from a ConfigMap.
+            ContainerSpec::new("nginx", &images.nginx)
+                .empty_dir("nginx-run", "/run/nginx", false)
+                .config_file("/etc/nginx/nginx.conf", SIDECAR_NGINX_CONF)
+                .pre_stop_http_get(LAMEDUCK, "/prestop"),
+        )
+        .start();
+
+    let termination = delete_under_load("sidecar", ip, &pod);
+
+    let context = termination.summary();
+    let nginx = termination.container("nginx");
+    let lameduck = termination.container("lameduck");
+    let hook = nginx.hook.as_ref().expect("nginx has a preStop hook");
+    assert_eq!(hook.outcome, Ok(200), "{context}");
+    assert!(hook.took >= DELAY, "the hook held for the delay: {context}");
+    // The sidecar answers once nginx has exited; docker notices a moment later.
+    assert!(
+        nginx.exited <= hook.started + hook.took + Duration::from_secs(1),
+        "nginx exited inside its hook, stopped by the sidecar: {context}"
+    );
+    assert_clean_exit(nginx, &context);
+    // Not from outside the pod (the kubelet: no sender), not from the pause container (1): from
+    // the sidecar.
+    let sender = quit_sender(&nginx.log);
+    assert!(
+        sender.is_some_and(|pid| pid > 1),
+        "the sidecar sent nginx its QUIT, not {sender:?}: {context}"
+    );
+    // A native sidecar gets its stop signal only once the main containers have exited.
+    let signalled = lameduck
+        .signalled
+        .expect("the sidecar was running until signalled");
+    assert!(signalled >= nginx.exited, "{context}");
+    assert_clean_exit(lameduck, &context);
+    assert!(
+        lameduck.exited - signalled < SLACK,
+        "the sidecar exits at once when its app is gone: {context}"
+    );
+}
+
+#[test]
+fn init_install_pod_with_stock_nginx_is_deleted_under_load_without_failing_a_request() {
+    let images = images();
+    let ip = Ipv4Addr::new(127, 0, 63, 3);
+    // As examples/init-install.yaml: the init container copies the static binary into the
+    // emptyDir, and the stock image runs it in place of its entrypoint.
+    let command = lameduck_command("/shared/lameduck");
+    let pod = PodSpec::new("init-install", ip)
+        .port(HTTP)
+        .port(LAMEDUCK)
+        .init_container(
+            ContainerSpec::new("install-lameduck", &images.lameduck)
+                .command(&["/lameduck", "install", "/shared"])
+                .empty_dir("lameduck", "/shared", false),
+        )
+        .container(
+            ContainerSpec::new("nginx", &images.nginx)
+                .command(&command)
+                .args(&["nginx", "-g", "daemon off;"])
+                .empty_dir("lameduck", "/shared", true)
+                .pre_stop_http_get(LAMEDUCK, "/prestop"),
+        )
+        .start();
+
+    let termination = delete_under_load("init-install", ip, &pod);
+
+    assert_drained_inside_the_hook(&termination, "nginx");
+    // The stock image keeps STOPSIGNAL SIGQUIT, which the kubelet sends lameduck after the
+    // hook, when nginx has had its QUIT (and has mostly exited already): it changes nothing.
+    assert_eq!(termination.container("nginx").stop_signal, "SIGQUIT");
+}
+
+#[test]
+fn docker_stop_with_its_default_timeout_ends_the_wrapper_image_cleanly() {
+    let images = images();
+    let ip = Ipv4Addr::new(127, 0, 63, 4);
+    let [http, endpoints] = addrs(ip);
+    let publish = |addr: SocketAddr, port: u16| format!("{}:{}:{port}", addr.ip(), addr.port());
+    // The image as it is, its drain fitted to docker's 10s by the environment: lameduck ends
+    // the drain 2s before docker's SIGKILL would, and the delay is what a balancer would need.
+    let container = Container::run(
+        "docker-stop",
+        &[
+            "-e",
+            "LAMEDUCK_GRACE_PERIOD=10s",
+            "-e",
+            "LAMEDUCK_SHUTDOWN_DELAY=2s",
+            "-p",
+            &publish(http, HTTP),
+            "-p",
+            &publish(endpoints, LAMEDUCK),
+            &images.wrapper,
+        ],
+    );
+    assert!(
+        wait_ready(&[(endpoints, "/readyz"), (http, "/fast")], STARTUP),
+        "never ready:\n{}",
+        container.logs()
+    );
+
+    let began = Instant::now();
+    let stopped = docker(&["stop", &container.id]);
+    let took = began.elapsed();
+
+    let log = container.logs();
+    assert!(stopped.is_ok(), "{stopped:?}\n{log}");
+    assert!(
+        took < Duration::from_secs(10),
+        "docker stop took {took:?}, so its SIGKILL ended the container:\n{log}"
+    );
+    assert!(took >= DELAY, "the shutdown delay was served:\n{log}");
+    assert_eq!(container.exit_code(), 0, "{log}");
+    // lameduck names the grace period when it has to fit the 20s drain timeout into it.
+    assert!(
+        log.contains("grace_period=10s"),
+        "LAMEDUCK_GRACE_PERIOD was taken:\n{log}"
+    );
+    assert_eq!(
+        quit_sender(&log),
+        Some(1),
+        "lameduck sent nginx QUIT:\n{log}"
+    );
+}
+
+#[test]
+fn the_scratch_image_runs_lameduck_version() {
+    let images = images();
+    let container = Container::run("version", &[&images.lameduck, "--version"]);
+    assert!(
+        container.watch_exit().wait(STARTUP).is_some(),
+        "lameduck --version did not exit:\n{}",
+        container.logs()
+    );
+    assert_eq!(container.exit_code(), 0, "{}", container.logs());
+    assert_eq!(
+        container.logs().trim(),
+        format!("lameduck {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+/// The stock nginx.conf of the sidecar shape's ConfigMap (examples/nginx-sidecar.yaml): the pid
+/// file on the shared emptyDir, and nginx's graceful stop bounded inside lameduck's drain
+/// timeout (5s).
+const SIDECAR_NGINX_CONF: &str = "user nginx;
+worker_processes 1;
+error_log /var/log/nginx/error.log notice;
+pid /run/nginx/nginx.pid;
+worker_shutdown_timeout 4s;
+events { worker_connections 1024; }
+http {
+    include /etc/nginx/mime.types;
+    default_type application/octet-stream;
+    access_log /var/log/nginx/access.log;
+    sendfile on;
+    keepalive_timeout 65;
+    include /etc/nginx/conf.d/*.conf;
+}
+";
+
+/// lameduck at `path` running nginx, as the wrapper and init-install examples spell it out.
+fn lameduck_command(path: &str) -> Vec<&str> {
+    let mut command = vec![path];
+    command.extend(DRAIN_FLAGS);
+    command.extend(["--ready-check=tcp://127.0.0.1:80", "--"]);
+    command
+}
+
+/// A free address for each name, on the test's own loopback address (see `free_addrs`).
+fn addrs<const N: usize>(ip: Ipv4Addr) -> [SocketAddr; N] {
+    free_addrs(ip, N).try_into().expect("N addresses")
+}
+
+/// The backend that stays up: host nginx under lameduck, as in tests/zero_downtime.rs.
+struct Steady {
+    /// Kept for its drop, which stops it.
+    _run: Lameduck,
+    endpoints: SocketAddr,
+    /// Dropped after `_run`, so nginx is gone before its folder is removed.
+    config: NginxConfig,
+}
+
+impl Steady {
+    fn start(test: &str, addr: SocketAddr, endpoints: SocketAddr) -> Self {
+        let config = NginxConfig::new(&format!("ct-{test}-steady"), addr);
+        let listen = endpoints.to_string();
+        let check = format!("http://{addr}/fast");
+        let mut args = vec![
+            "--listen",
+            &listen,
+            "--stop-signal",
+            "QUIT",
+            "--ready-check",
+            &check,
+            "--ready-interval",
+            "100ms",
+            "--",
+        ];
+        let command = config.command();
+        args.extend(command.iter().map(String::as_str));
+        let run = Lameduck::start(Mode::Pid1, &args);
+        assert!(
+            wait_ready(&[(endpoints, "/readyz")], STARTUP),
+            "the steady backend never became ready: {:#?}",
+            run.stderr.all()
+        );
+        Steady {
+            _run: run,
+            endpoints,
+            config,
+        }
+    }
+}
+
+/// Puts `pod` behind HAProxy beside a steady backend, deletes it as the kubelet does under load,
+/// and asserts what every shape must show: no request failed, the pod served before its deletion
+/// and had requests in flight when it began, and the steady backend went on serving after the
+/// pod was gone.
+fn delete_under_load(test: &str, ip: Ipv4Addr, pod: &Pod) -> Termination {
+    assert!(
+        wait_ready(
+            &[(pod.addr(LAMEDUCK), "/readyz"), (pod.addr(HTTP), "/fast")],
+            STARTUP
+        ),
+        "the pod never became ready:\n{}",
+        pod.logs()
+    );
+    // Picked once the pod's published ports are bound, so none of these can be one of them.
+    let [steady_addr, steady_endpoints, listen] = addrs(ip);
+    let steady = Steady::start(test, steady_addr, steady_endpoints);
+    let servers = [
+        Server {
+            name: "pod".into(),
+            addr: pod.addr(HTTP),
+            check: pod.addr(LAMEDUCK),
+        },
+        Server {
+            name: "steady".into(),
+            addr: steady.config.addr,
+            check: steady.endpoints,
+        },
+    ];
+    let haproxy = Haproxy::start(&format!("ct-{test}"), listen, "/readyz", &servers);
+    assert!(
+        haproxy.wait_for(&[("pod", "UP"), ("steady", "UP")], STARTUP),
+        "{:?}\n{}",
+        haproxy.states(),
+        haproxy.log_tail(40)
+    );
+
+    let load = Load::start(Plan {
+        target: haproxy.addr,
+        path: "/slow".into(),
+        body_len: SLOW_BYTES,
+        workers: WORKERS,
+        connections: Connections::PerRequest,
+        max_duration: Duration::from_secs(60),
+        max_requests: 10_000,
+    });
+    std::thread::sleep(STEADY);
+    let termination = kubelet::terminate(pod, GRACE);
+    std::thread::sleep(STEADY);
+    let report = load.stop();
+
+    let context = || {
+        format!(
+            "times in ms from the deletion\n{}\nhaproxy log:\n{}\n{}",
+            report.summary(termination.began),
+            haproxy.log_tail(40),
+            termination.summary()
+        )
+    };
+    assert!(
+        report.failures().is_empty(),
+        "requests failed: {}",
+        context()
+    );
+    assert!(
+        report
+            .records
+            .iter()
+            .any(|r| r.served_by("pod") && r.end < termination.began),
+        "the pod served nothing before its deletion, so the drain proves nothing: {}",
+        context()
+    );
+    assert!(
+        report
+            .in_flight_at(termination.began)
+            .iter()
+            .any(|r| r.served_by("pod")),
+        "the pod had no request in flight when its deletion began: {}",
+        context()
+    );
+    let gone = termination
+        .containers
+        .iter()
+        .map(|c| c.exited)
+        .max()
+        .expect("a container");
+    assert!(
+        report
+            .records
+            .iter()
+            .any(|r| r.served_by("steady") && r.start > gone),
+        "the steady backend served nothing after the pod was gone: {}",
+        context()
+    );
+    termination
+}
+
+/// The wrapper and init-install shapes: lameduck is nginx's PID 1, its /prestop held the
+/// kubelet's hook for the shutdown delay and sent nginx QUIT, and nginx finished in-flight
+/// requests and exited 0 soon after, well inside the grace period.
+fn assert_drained_inside_the_hook(termination: &Termination, name: &str) {
+    let context = termination.summary();
+    let container = termination.container(name);
+    let hook = container.hook.as_ref().expect("a preStop hook");
+    assert_eq!(hook.outcome, Ok(200), "{context}");
+    assert!(hook.took >= DELAY, "the hook held for the delay: {context}");
+    assert_clean_exit(container, &context);
+    let took = container.exited - termination.began;
+    assert!(
+        took >= DELAY && took <= DELAY + SLOW + SLACK,
+        "{name} exited {took:?} after its deletion began: {context}"
+    );
+    assert_eq!(
+        quit_sender(&container.log),
+        Some(1),
+        "lameduck, PID 1, sent nginx QUIT: {context}"
+    );
+}
+
+/// Exit 0 by itself: no SIGKILL from the kubelet, and none from lameduck (which exits 137 when
+/// it has to kill nginx, as nginx does when the sidecar kills it).
+fn assert_clean_exit(container: &kubelet::Stopped, context: &str) {
+    let name = &container.name;
+    assert!(
+        !container.killed,
+        "{name} needed the kubelet's SIGKILL: {context}"
+    );
+    assert_eq!(container.exit_code, 0, "{name}: {context}");
+}
+
+/// Who sent nginx its QUIT, as its master logs it: `signal 3 (SIGQUIT) received from PID`, the
+/// sender's pid in nginx's PID namespace. None when the sender is outside that namespace (then
+/// nginx logs no pid: a `docker kill`, the kubelet's stop signal) or there was no QUIT.
+fn quit_sender(log: &str) -> Option<u32> {
+    log.lines().find_map(|line| {
+        let (_, rest) = line.split_once("signal 3 (SIGQUIT) received from ")?;
+        rest.split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
+    })
+}
