@@ -361,10 +361,10 @@ pub fn parse() -> Cli {
                 .filter(|line| !line.is_empty());
             let mut first = lines.next().unwrap_or("invalid arguments").to_owned();
             // "the following required arguments were not provided:" names them on the next line.
-            if first.ends_with(':') {
-                if let Some(next) = lines.next() {
-                    first = format!("{first} {next}");
-                }
+            if first.ends_with(':')
+                && let Some(next) = lines.next()
+            {
+                first = format!("{first} {next}");
             }
             let first = first.strip_prefix("error: ").unwrap_or(&first);
             crate::say(

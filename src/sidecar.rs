@@ -23,6 +23,8 @@ use crate::{EXIT_USAGE, fatal, logging};
 
 /// How often the sidecar looks for its target while it has none.
 const FIND_INTERVAL: Duration = Duration::from_secs(1);
+/// How long the target may take to appear before the sidecar warns.
+const MISSING_WARNING: Duration = Duration::from_secs(30);
 
 /// Runs the sidecar until its own SIGTERM or SIGINT (after any drain under way has finished).
 pub fn run(args: SidecarArgs) -> i32 {
@@ -118,7 +120,7 @@ impl Sidecar {
         let mut phase = Phase::Starting;
         let mut exit_when_done = false;
         let mut find_timer = tokio::time::interval(FIND_INTERVAL);
-        let mut reported_missing = false;
+        let mut missing_since = None;
         if self.selector.is_none() {
             self.enter(Phase::Ready, Event::AppReady(true), started);
             phase = Phase::Ready;
@@ -156,7 +158,7 @@ impl Sidecar {
                     self.target = None;
                     Event::AppExited(0)
                 }
-                _ = find_timer.tick(), if looking => match self.find(&mut reported_missing) {
+                _ = find_timer.tick(), if looking => match self.find(&mut missing_since) {
                     Some(event) => event,
                     None => continue,
                 },
@@ -195,8 +197,10 @@ impl Sidecar {
 
     /// Enters phase `next` because of `event`, logging and publishing it.
     fn enter(&mut self, next: Phase, event: Event, started: Instant) {
-        let pid = self.target.as_ref().map_or(0, |t| t.pid);
-        self.status.send_modify(|snapshot| snapshot.app_pid = pid);
+        // The last target's pid stays in the snapshot after it exits, for the log and /status.
+        if let Some(pid) = self.target.as_ref().map(|t| t.pid) {
+            self.status.send_modify(|snapshot| snapshot.app_pid = pid);
+        }
         status::advance(
             &self.status,
             &self.config,
@@ -206,19 +210,28 @@ impl Sidecar {
         );
     }
 
-    fn find(&mut self, reported_missing: &mut bool) -> Option<Event> {
+    /// Looks for the target. `missing` is when the search began and whether it was warned about.
+    fn find(&mut self, missing: &mut Option<(Instant, bool)>) -> Option<Event> {
         let selector = self.selector.as_ref()?;
         match selector.find() {
             Ok(target) => {
                 tracing::info!(pid = target.pid, %selector, "found the app");
-                *reported_missing = false;
+                *missing = None;
                 self.target = Some(target);
                 Some(Event::AppReady(true))
             }
             Err(reason) => {
-                if !*reported_missing {
-                    tracing::warn!(%selector, %reason, "cannot find the app yet; retrying every second");
-                    *reported_missing = true;
+                // A native sidecar starts before the app: a short wait is normal, a long one is not.
+                match missing {
+                    None => {
+                        tracing::info!(%selector, %reason, "waiting for the app to start; looking every second");
+                        *missing = Some((Instant::now(), false));
+                    }
+                    Some((since, warned)) if !*warned && since.elapsed() >= MISSING_WARNING => {
+                        tracing::warn!(%selector, %reason, waited_s = since.elapsed().as_secs(), "still cannot find the app");
+                        *warned = true;
+                    }
+                    Some(_) => {}
                 }
                 None
             }

@@ -138,7 +138,7 @@ fn keeps_serving_and_retries_until_the_pid_file_appears() {
     assert_eq!(get(addr, "/livez").0, 200);
     assert!(wait_until(3 * SECOND, || sidecar
         .stderr
-        .contains("cannot find the app yet")));
+        .contains("waiting for the app to start")));
     drop(config);
     let nginx = Nginx::start("sidecar-late", listen);
     assert!(
