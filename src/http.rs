@@ -124,33 +124,6 @@ fn bearer_matches(token: &str, header: Option<&[u8]>) -> bool {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_the_exact_bearer_token_matches() {
-        assert!(bearer_matches("s3cret", Some(b"Bearer s3cret")));
-        for header in [
-            None,
-            Some(&b""[..]),
-            Some(b"s3cret"),
-            Some(b"Bearer s3cre"),
-            Some(b"Bearer s3cret "),
-            Some(b"bearer s3cret"),
-        ] {
-            assert!(!bearer_matches("s3cret", header), "{header:?}");
-        }
-    }
-
-    proptest::proptest! {
-        #[test]
-        fn a_header_matches_only_its_own_token(token in "[!-~]{1,40}", header in proptest::collection::vec(proptest::num::u8::ANY, 0..60)) {
-            let expected = header.strip_prefix(b"Bearer ") == Some(token.as_bytes());
-            proptest::prop_assert_eq!(bearer_matches(&token, Some(&header)), expected);
-        }
-    }
-}
 
 fn readyz(snapshot: &Snapshot) -> Response<Full<Bytes>> {
     if snapshot.ready {
@@ -189,4 +162,32 @@ fn respond(status: StatusCode, content_type: &'static str, body: String) -> Resp
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_exact_bearer_token_matches() {
+        assert!(bearer_matches("s3cret", Some(b"Bearer s3cret")));
+        for header in [
+            None,
+            Some(&b""[..]),
+            Some(b"s3cret"),
+            Some(b"Bearer s3cre"),
+            Some(b"Bearer s3cret "),
+            Some(b"bearer s3cret"),
+        ] {
+            assert!(!bearer_matches("s3cret", header), "{header:?}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn a_header_matches_only_its_own_token(token in "[!-~]{1,40}", header in proptest::collection::vec(proptest::num::u8::ANY, 0..60)) {
+            let expected = header.strip_prefix(b"Bearer ") == Some(token.as_bytes());
+            proptest::prop_assert_eq!(bearer_matches(&token, Some(&header)), expected);
+        }
+    }
 }

@@ -666,16 +666,16 @@ fn parse_help(text: &str) -> Help {
         }
         // Long help (`--help`) puts each on a line of its own; a `[default: ...]` inside a
         // description is prose, not clap's default.
-        if let Some(rest) = line.strip_prefix("[default: ") {
-            if let (Some(flag), Some((value, _))) = (&current, rest.split_once(']')) {
-                help.defaults.insert(flag.clone(), value.to_owned());
-            }
+        if let Some(rest) = line.strip_prefix("[default: ")
+            && let (Some(flag), Some((value, _))) = (&current, rest.split_once(']'))
+        {
+            help.defaults.insert(flag.clone(), value.to_owned());
         }
         // `[env: NAME=]`, or `[env: NAME]` for a flag whose value the help hides.
-        if let Some(rest) = line.strip_prefix("[env: ") {
-            if let Some(name) = rest.split(['=', ']']).next() {
-                help.variables.insert(name.to_owned());
-            }
+        if let Some(rest) = line.strip_prefix("[env: ")
+            && let Some(name) = rest.split(['=', ']']).next()
+        {
+            help.variables.insert(name.to_owned());
         }
     }
     help
