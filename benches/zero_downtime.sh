@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The zero-downtime benchmark: two nginx pods behind HAProxy (health checks every 200 ms,
 # retries 0), 8 clients sending slow requests, SIGTERM to one pod's PID 1 midway; run three
-# times each for nginx alone as PID 1, tini, dumb-init, dumb-init --rewrite 15:3 and lameduck.
-# Prints the machine, then a Markdown table per run and a summary per init.
+# times each for nginx alone as PID 1, tini, dumb-init, dumb-init --rewrite 15:3 and lameduck
+# (--shutdown-delay 2s; 15s; and 15s made adaptive by --quiet-period 1s, to show the time the
+# adaptive delay saves). Prints the machine, then a Markdown table per run and a summary per init.
 # Needs root (PID namespaces) and a Rust toolchain; installs nginx, HAProxy, tini and dumb-init
 # from Debian when missing. Arguments go to the driver: [--runs N] [--keep-alive].
 set -euo pipefail

@@ -2,14 +2,15 @@
 //! that learns about a drain only from its health checks on `/readyz`, under steady load of slow
 //! requests. A backend is drained by SIGTERM, by `/prestop` then SIGTERM, and both backends are
 //! rotated out in turn; not one request may fail, and the drained lameduck must exit 0 soon
-//! after its shutdown delay.
+//! after its shutdown delay. With `--quiet-period` behind slow health checks, the drain must end
+//! as soon as HAProxy stops opening connections to the backend, long before the shutdown delay.
 
 mod common;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use common::haproxy::{Haproxy, Server, free_addrs};
+use common::haproxy::{Checks, Haproxy, Server, free_addrs};
 use common::load::{Connections, Load, Outcome, Plan, Report};
 use common::nginx::{NginxConfig, SLOW_BYTES, SLOW_RATE};
 use common::{Lameduck, Mode, get, wait_until};
@@ -27,6 +28,21 @@ const WORKERS: usize = 8;
 /// Load before a drain, so the drained backend serves its share first, and after the last one,
 /// so the survivors are seen serving alone.
 const STEADY: Duration = Duration::from_secs(1);
+
+/// The adaptive scenario's health checks, as in the issue: three failures 500 ms apart take a
+/// server out, so a draining backend keeps getting new connections for 1 to 1.5 s after SIGTERM.
+const SLOW_CHECKS: Checks = Checks {
+    inter: Duration::from_millis(500),
+    fall: 3,
+    rise: 2,
+};
+/// The adaptive pod's upper bound on the delay, which a fixed delay would wait out in full.
+const ADAPTIVE_DELAY_FLAG: &str = "15s";
+/// How long without a new connection ends the adaptive delay.
+const QUIET_PERIOD_FLAG: &str = "1s";
+/// The adaptive pod must exit within this of its SIGTERM: checks (1.5 s) + quiet period (1 s)
+/// + the last slow request, with room to spare, and an order of magnitude below the 15 s.
+const ADAPTIVE_EXIT: Duration = Duration::from_secs(4);
 
 /// One pod: nginx under lameduck, PID 1 of its own PID namespace.
 struct Pod {
@@ -72,6 +88,51 @@ impl Pod {
         assert!(
             wait_until(Duration::from_secs(10), || get(pod.endpoints, "/readyz").0
                 == 200),
+            "{name} never became ready: {:#?}",
+            pod.run.stderr.all()
+        );
+        pod
+    }
+
+    /// Starts a pod whose shutdown delay is adaptive (`--quiet-period`), and waits until nginx
+    /// and lameduck's `/readyz` answer.
+    ///
+    /// No `--ready-check`: lameduck's own probes connect to nginx's port all through the drain,
+    /// and one caught by a poll of the socket tables would count as a new connection, blurring
+    /// what the test measures: HAProxy's connections alone.
+    fn start_adaptive(
+        test: &str,
+        name: &'static str,
+        addr: SocketAddr,
+        endpoints: SocketAddr,
+    ) -> Self {
+        let config = NginxConfig::new(&format!("zd-{test}-{name}"), addr);
+        let listen = endpoints.to_string();
+        let mut args = vec![
+            "--listen",
+            &listen,
+            "--stop-signal",
+            "QUIT",
+            "--shutdown-delay",
+            ADAPTIVE_DELAY_FLAG,
+            "--quiet-period",
+            QUIET_PERIOD_FLAG,
+            "--",
+        ];
+        let command = config.command();
+        args.extend(command.iter().map(String::as_str));
+        let run = Lameduck::start(Mode::Pid1, &args);
+        let pod = Pod {
+            name,
+            run,
+            endpoints,
+            config,
+        };
+        assert_eq!(pod.run.addr(), endpoints);
+        assert!(
+            wait_until(Duration::from_secs(10), || {
+                std::net::TcpStream::connect(addr).is_ok() && get(pod.endpoints, "/readyz").0 == 200
+            }),
             "{name} never became ready: {:#?}",
             pod.run.stderr.all()
         );
@@ -335,6 +396,119 @@ fn rotating_both_backends_out_one_after_the_other_fails_no_request() {
         Connections::KeepAlive,
         &[first, second],
         &["b3", "b4"],
+    );
+}
+
+#[test]
+fn quiet_period_ends_the_drain_once_haproxy_stops_opening_connections_to_the_backend() {
+    let test = "adaptive";
+    let [b1_addr, b1_ep, b2_addr, b2_ep, listen] = addrs(Ipv4Addr::new(127, 0, 61, 5));
+    let mut b1 = Pod::start_adaptive(test, "b1", b1_addr, b1_ep);
+    let b2 = Pod::start(test, "b2", b2_addr, b2_ep);
+    let haproxy = Haproxy::start_with(
+        test,
+        listen,
+        "/readyz",
+        &[b1.server(), b2.server()],
+        SLOW_CHECKS,
+    );
+    assert!(
+        haproxy.wait_for(&[("b1", "UP"), ("b2", "UP")], Duration::from_secs(10)),
+        "{:?}\n{}",
+        haproxy.states(),
+        haproxy.log()
+    );
+
+    let load = start_load(&haproxy, Connections::PerRequest);
+    std::thread::sleep(STEADY);
+    let began = Instant::now();
+    b1.run.signal(Signal::SIGTERM);
+    // The moment lameduck stops waiting, HAProxy must already have taken b1 out: what it saw
+    // then is taken as soon as the log line shows up.
+    let quiet_line = "no new connections for the quiet period";
+    let mut seen_at_stop = None;
+    let mut exited = None;
+    wait_until(ADAPTIVE_EXIT + SLACK, || {
+        if seen_at_stop.is_none() && b1.run.stderr.contains(quiet_line) {
+            seen_at_stop = haproxy.states();
+        }
+        if !b1.run.running() {
+            exited = Some(Instant::now());
+        }
+        exited.is_some()
+    });
+    let exit_code = b1.run.wait_exit(SLACK);
+    let took = exited.unwrap_or_else(Instant::now) - began;
+    std::thread::sleep(STEADY);
+    let report = load.stop();
+
+    let log = b1.run.stderr.all();
+    let context = || {
+        format!(
+            "times in ms from SIGTERM\n{}\nhaproxy log:\n{}\nb1 log: {log:#?}",
+            report.summary(began),
+            haproxy.log_tail(40)
+        )
+    };
+    assert!(
+        report.failures().is_empty(),
+        "requests failed: {}",
+        context()
+    );
+    let in_flight = report.in_flight_at(began);
+    assert!(
+        in_flight.iter().any(|r| r.served_by("b1")),
+        "b1 had no request in flight at SIGTERM: {}",
+        context()
+    );
+    assert!(
+        in_flight.iter().all(|r| r.outcome == Outcome::Ok),
+        "a request in flight at SIGTERM failed: {}",
+        context()
+    );
+    assert!(
+        report
+            .records
+            .iter()
+            .any(|r| r.served_by("b2") && r.start > began + took),
+        "b2 served nothing after b1 left: {}",
+        context()
+    );
+    assert_eq!(exit_code, 0, "b1 exit code: {}", context());
+    assert!(
+        took < ADAPTIVE_EXIT,
+        "b1 took {took:?} to exit after SIGTERM: {}",
+        context()
+    );
+    let stopped = log.iter().find(|l| l.contains(quiet_line));
+    let stopped =
+        stopped.unwrap_or_else(|| panic!("no line says why the wait ended: {}", context()));
+    assert!(stopped.contains("saved_ms="), "{stopped:?}");
+    assert!(
+        stopped.contains(&b1_addr.port().to_string()),
+        "nginx's port {} not among the watched ports: {stopped:?}",
+        b1_addr.port()
+    );
+    // waited_ms - quiet_ms is when the last new connection came: after the SIGTERM, or the
+    // quiet period was quiet from the start and proves nothing about HAProxy's traffic.
+    let field = |name: &str| -> u64 {
+        stopped
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(name)?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {stopped:?}"))
+    };
+    assert!(
+        field("waited_ms=") > field("quiet_ms="),
+        "no new connection reached nginx after SIGTERM: {stopped:?}\n{}",
+        context()
+    );
+    let b1_state = seen_at_stop
+        .as_ref()
+        .and_then(|states| states.iter().find(|(name, _)| name == "b1"));
+    assert!(
+        b1_state.is_some_and(|(_, state)| state == "DOWN"),
+        "HAProxy still sent b1 requests when its app was stopped: {seen_at_stop:?}\n{}",
+        context()
     );
 }
 

@@ -1,8 +1,10 @@
 //! The zero-downtime benchmark that benches/zero_downtime.sh runs: the scenario of
 //! tests/zero_downtime.rs (two nginx pods behind HAProxy, steady load of slow requests, SIGTERM
 //! to one pod's PID 1 midway) for nginx alone as PID 1, under tini, under dumb-init, under
-//! dumb-init rewriting SIGTERM to SIGQUIT, and under lameduck; one Markdown table row per run.
-//! It shares the tests' load generator, HAProxy and nginx helpers, included by path.
+//! dumb-init rewriting SIGTERM to SIGQUIT, and under lameduck: with the short delay these
+//! health checks need, with a long fixed delay, and with the same long delay made adaptive by
+//! `--quiet-period`, which shows the time the adaptive delay saves. One Markdown table row per
+//! run. It shares the tests' load generator, HAProxy and nginx helpers, included by path.
 //!
 //! Usage: zero_downtime_bench [--runs N] [--keep-alive] [--lameduck PATH]
 
@@ -30,10 +32,15 @@ use nix::unistd::Pid;
 
 /// lameduck's shutdown delay, as in the tests.
 const DELAY: Duration = Duration::from_secs(2);
+/// A shutdown delay long enough for any load balancer, which a fixed delay always waits out.
+const LONG_DELAY: Duration = Duration::from_secs(15);
+/// `--quiet-period` of the adaptive row.
+const QUIET_PERIOD: Duration = Duration::from_secs(1);
 /// Load before the SIGTERM.
 const LEAD: Duration = Duration::from_millis(1500);
 /// Load after the SIGTERM, the same for every init so the counts compare: the delay, then as
-/// long again as the lead.
+/// long again as the lead. A pod that takes longer to exit (the long fixed delay) has load
+/// until it has exited, so its counts are larger.
 const TAIL: Duration = Duration::from_millis(3500);
 const WORKERS: usize = 8;
 /// The servers' own loopback address (see `haproxy::free_addrs`).
@@ -47,15 +54,21 @@ enum Pid1 {
     DumbInit,
     DumbInitQuit,
     Lameduck,
+    /// `--shutdown-delay LONG_DELAY`.
+    LameduckLong,
+    /// `--shutdown-delay LONG_DELAY --quiet-period QUIET_PERIOD`.
+    LameduckAdaptive,
 }
 
 impl Pid1 {
-    const ALL: [Pid1; 5] = [
+    const ALL: [Pid1; 7] = [
         Pid1::NginxAlone,
         Pid1::Tini,
         Pid1::DumbInit,
         Pid1::DumbInitQuit,
         Pid1::Lameduck,
+        Pid1::LameduckLong,
+        Pid1::LameduckAdaptive,
     ];
 
     fn label(self) -> &'static str {
@@ -65,6 +78,8 @@ impl Pid1 {
             Pid1::DumbInit => "dumb-init",
             Pid1::DumbInitQuit => "dumb-init --rewrite 15:3",
             Pid1::Lameduck => "lameduck",
+            Pid1::LameduckLong => "lameduck --shutdown-delay 15s",
+            Pid1::LameduckAdaptive => "lameduck --shutdown-delay 15s --quiet-period 1s",
         }
     }
 
@@ -80,20 +95,32 @@ impl Pid1 {
                 "15:3".into(),
                 "--".into(),
             ],
-            Pid1::Lameduck => vec![
-                lameduck.into(),
-                "--listen".into(),
-                pod.endpoints.to_string(),
-                "--stop-signal".into(),
-                "QUIT".into(),
-                "--shutdown-delay".into(),
-                format!("{}ms", DELAY.as_millis()),
-                "--ready-check".into(),
-                format!("http://{}/fast", pod.nginx),
-                "--ready-interval".into(),
-                "100ms".into(),
-                "--".into(),
-            ],
+            Pid1::Lameduck | Pid1::LameduckLong | Pid1::LameduckAdaptive => {
+                let delay = if matches!(self, Pid1::Lameduck) {
+                    DELAY
+                } else {
+                    LONG_DELAY
+                };
+                let mut argv = vec![
+                    lameduck.into(),
+                    "--listen".into(),
+                    pod.endpoints.to_string(),
+                    "--stop-signal".into(),
+                    "QUIT".into(),
+                    "--shutdown-delay".into(),
+                    format!("{}ms", delay.as_millis()),
+                    "--ready-check".into(),
+                    format!("http://{}/fast", pod.nginx),
+                    "--ready-interval".into(),
+                    "100ms".into(),
+                ];
+                if matches!(self, Pid1::LameduckAdaptive) {
+                    argv.push("--quiet-period".into());
+                    argv.push(format!("{}ms", QUIET_PERIOD.as_millis()));
+                }
+                argv.push("--".into());
+                argv
+            }
         };
         argv.extend(nginx.command());
         argv
@@ -103,7 +130,9 @@ impl Pid1 {
     /// on the app's port would.
     fn check(self, pod: &PodAddrs) -> (&'static str, SocketAddr) {
         match self {
-            Pid1::Lameduck => ("/readyz", pod.endpoints),
+            Pid1::Lameduck | Pid1::LameduckLong | Pid1::LameduckAdaptive => {
+                ("/readyz", pod.endpoints)
+            }
             _ => ("/fast", pod.nginx),
         }
     }
@@ -276,7 +305,7 @@ fn main() {
     }
     let lameduck = lameduck.display().to_string();
     println!(
-        "{WORKERS} clients, GET /slow ({} KiB, ~400 ms), {} to HAProxy; SIGTERM to backend 1 after {} ms of load, load for {} ms after it; lameduck --shutdown-delay {} ms\n",
+        "{WORKERS} clients, GET /slow ({} KiB, ~400 ms), {} to HAProxy; SIGTERM to backend 1 after {} ms of load, load for {} ms after it or until backend 1 exited; lameduck --shutdown-delay {} ms unless said otherwise\n",
         SLOW_BYTES / 1024,
         match connections {
             Connections::PerRequest => "a new connection per request",

@@ -1,9 +1,10 @@
 //! Real HAProxy in front of the test backends, standing for a load balancer that learns about a
 //! draining pod only from its health checks: a generated config in a temp dir (HTTP mode, round
-//! robin, `retries 0`, no redispatch, an HTTP check every 200 ms), run in the foreground and
-//! killed by pid on drop. Its stats socket tells which servers it sees UP. Also hands out the
-//! loopback addresses the scenarios listen on. Like nginx.rs it needs only std and the parent
-//! module's `wait_until`, so the benchmark (benches/zero_downtime/driver.rs) includes it too.
+//! robin, `retries 0`, no redispatch, an HTTP check every 200 ms unless a scenario asks for
+//! slower ones), run in the foreground and killed by pid on drop. Its stats socket tells which
+//! servers it sees UP. Also hands out the loopback addresses the scenarios listen on. Like
+//! nginx.rs it needs only std and the parent module's `wait_until`, so the benchmark
+//! (benches/zero_downtime/driver.rs) includes it too.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -27,6 +28,31 @@ pub struct Server {
     pub check: SocketAddr,
 }
 
+/// How HAProxy health-checks each server: every `inter`, `fall` failures in a row take a server
+/// out, `rise` passes bring it back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Checks {
+    /// Time between two checks of one server.
+    pub inter: Duration,
+    /// Failed checks in a row that mark a server DOWN.
+    pub fall: u32,
+    /// Passed checks in a row that mark a server UP.
+    pub rise: u32,
+}
+
+impl Default for Checks {
+    /// `inter 200ms fall 2 rise 2`: a draining server is out within about half a second; two
+    /// failures, not one, so a single check slowed down on a busy machine does not take a healthy
+    /// server out.
+    fn default() -> Self {
+        Checks {
+            inter: Duration::from_millis(200),
+            fall: 2,
+            rise: 2,
+        }
+    }
+}
+
 /// A running HAProxy, killed with its temp dir on drop.
 pub struct Haproxy {
     /// Where clients connect.
@@ -37,22 +63,31 @@ pub struct Haproxy {
 
 impl Haproxy {
     /// Starts HAProxy on `listen` over `servers`, checking each with `GET check_path` on its
-    /// check address, and waits until its stats socket answers.
+    /// check address with the default `Checks`, and waits until its stats socket answers.
+    pub fn start(label: &str, listen: SocketAddr, check_path: &str, servers: &[Server]) -> Self {
+        Haproxy::start_with(label, listen, check_path, servers, Checks::default())
+    }
+
+    /// `start` with the given health checks.
     ///
     /// The choices that decide what a drain costs:
     /// - `retries 0` and no `option redispatch`: a request sent to a server that refuses it fails,
     ///   as it does behind a balancer that cannot retry (a non-idempotent request), instead of
     ///   being hidden by a retry elsewhere.
-    /// - `inter 200ms fall 2 rise 2`: a draining server is out within about half a second; two
-    ///   failures, not one, so a single check slowed down on a busy machine does not take a healthy
-    ///   server out.
+    /// - `checks`: how long a draining server keeps getting requests (see `Checks::default`).
     /// - HTTP keep-alive on both sides (HAProxy's default `http-keep-alive`, `http-reuse safe`):
     ///   clients keep their connection to HAProxy, and HAProxy picks a server per request and keeps
     ///   idle connections to the servers, which it never uses for a server marked DOWN. So a
     ///   backend closing its idle connections on its graceful stop never races a client request,
     ///   as it would through an L4 balancer that pins the client's connection to one backend.
     /// - `X-Served-By: <server>` on every answer, so the load generator knows who served what.
-    pub fn start(label: &str, listen: SocketAddr, check_path: &str, servers: &[Server]) -> Self {
+    pub fn start_with(
+        label: &str,
+        listen: SocketAddr,
+        check_path: &str,
+        servers: &[Server],
+        checks: Checks,
+    ) -> Self {
         let dir = std::env::temp_dir().join(format!(
             "lameduck-haproxy-{label}-{}-{}",
             std::process::id(),
@@ -87,8 +122,11 @@ backend {BACKEND}
     option httpchk GET {check_path}
     http-check expect status 200
     http-response set-header X-Served-By %s
-    default-server inter 200ms fall 2 rise 2
-"
+    default-server inter {inter}ms fall {fall} rise {rise}
+",
+            inter = checks.inter.as_millis(),
+            fall = checks.fall,
+            rise = checks.rise,
         );
         for server in servers {
             config.push_str(&format!(
