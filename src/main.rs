@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use signal_hook::iterator::exfiltrator::origin::WithOrigin;
 use signal_hook_tokio::SignalsInfo;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{mpsc, watch};
 
 use crate::cli::{DrainConfig, Mode, WrapArgs};
@@ -86,7 +86,7 @@ fn wrap(args: WrapArgs) -> i32 {
             Ok(signals) => signals,
             Err(err) => return fatal(1, &format!("cannot install signal handlers: {err}")),
         };
-        let listener = match bind(&config).await {
+        let listener = match bind(&config) {
             Ok(listener) => listener,
             Err(code) => return code,
         };
@@ -116,7 +116,13 @@ fn wrap(args: WrapArgs) -> i32 {
         match args.ready_check {
             Some(check) => {
                 tracing::info!(%check, "waiting for the app's ready check");
-                tokio::spawn(readiness::poll(check, args.ready_interval, events_tx));
+                let status = status_tx.subscribe();
+                tokio::spawn(readiness::poll(
+                    check,
+                    args.ready_interval,
+                    events_tx,
+                    status,
+                ));
             }
             None => {
                 let _ = events_tx.send(phase::Event::AppReady(true)).await;
@@ -144,14 +150,24 @@ pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, i32> {
         .map_err(|err| fatal(1, &format!("cannot start the runtime: {err}")))
 }
 
+/// How many connections may wait to be accepted: a probe burst must not overflow the queue
+/// (the default of 128 costs an overflowing client a 1s SYN retry).
+const LISTEN_BACKLOG: u32 = 1024;
+
 /// Binds the endpoints' listener; a taken port is a configuration error.
-pub(crate) async fn bind(config: &DrainConfig) -> Result<TcpListener, i32> {
-    TcpListener::bind(config.listen).await.map_err(|err| {
-        fatal(
-            EXIT_USAGE,
-            &format!("cannot listen on {}: {err}", config.listen),
-        )
-    })
+pub(crate) fn bind(config: &DrainConfig) -> Result<TcpListener, i32> {
+    let addr = config.listen;
+    let listen = || {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(LISTEN_BACKLOG)
+    };
+    listen().map_err(|err| fatal(EXIT_USAGE, &format!("cannot listen on {addr}: {err}")))
 }
 
 /// Logs where the endpoints listen, and who can start a drain; returns the port.

@@ -58,7 +58,7 @@ pub enum Event {
     AppReady(bool),
     /// The shutdown delay has passed.
     DelayElapsed,
-    /// No new connection reached the app for the quiet period (`--quiet-period`).
+    /// No traffic reached the app for the quiet period (`--quiet-period`).
     TrafficQuiet,
     /// The drain timeout has run out.
     DrainTimeout,
@@ -91,7 +91,7 @@ pub fn reason(event: Event) -> &'static str {
         Event::AppReady(true) => "app ready",
         Event::AppReady(false) => "app not ready",
         Event::DelayElapsed => "shutdown delay elapsed",
-        Event::TrafficQuiet => "no new connections for the quiet period",
+        Event::TrafficQuiet => "no traffic for the quiet period",
         Event::DrainTimeout => "drain timeout",
         Event::AppExited(_) => "app exited",
     }

@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
-use crate::phase::Event;
+use crate::phase::{Event, Phase};
+use crate::status::Snapshot;
 
 /// Where and how to ask the app whether it is ready.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -141,13 +142,23 @@ async fn http_status_ok(addr: SocketAddr, authority: &str, path: &str) -> bool {
 }
 
 /// Polls `check` every `interval` and sends `Event::AppReady` whenever the answer changes,
-/// starting with the first answer. Ends when the supervisor stops listening.
-pub async fn poll(check: ReadyCheck, interval: Duration, events: mpsc::Sender<Event>) {
+/// starting with the first answer. Ends when the drain begins (the answer no longer matters,
+/// and probes of the app's port would look like traffic to `--quiet-period`) or when the
+/// supervisor stops listening.
+pub async fn poll(
+    check: ReadyCheck,
+    interval: Duration,
+    events: mpsc::Sender<Event>,
+    mut status: watch::Receiver<Snapshot>,
+) {
     let mut last = None;
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        ticker.tick().await;
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = status.wait_for(|snapshot| snapshot.phase >= Phase::Draining) => return,
+        }
         let ready = check.probe(interval.max(Duration::from_millis(100))).await;
         if last != Some(ready) {
             last = Some(ready);

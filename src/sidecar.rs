@@ -63,7 +63,7 @@ pub fn run(args: SidecarArgs) -> i32 {
             Err(err) => return fatal(1, &format!("cannot install signal handlers: {err}")),
         };
         crate::child::raise_open_files();
-        let listener = match crate::bind(&config).await {
+        let listener = match crate::bind(&config) {
             Ok(listener) => listener,
             Err(code) => return code,
         };

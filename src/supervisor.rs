@@ -70,31 +70,36 @@ impl Supervisor {
         sweep_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut traffic_timer = tokio::time::interval(TRAFFIC_INTERVAL);
         let mut quiet: Option<Quiet> = None;
+        // An event the last step made due at once (a zero shutdown delay), taken before waiting.
+        let mut due: Option<Event> = None;
         let code = loop {
-            let event = tokio::select! {
-                origin = next_signal(&mut signals) => match self.signal_event(origin) {
-                    Some(event) => event,
-                    None => continue,
-                },
-                Some(event) = events.recv() => event,
-                () = at(timers.delay_ends) => {
-                    timers.delay_ends = None;
-                    Event::DelayElapsed
-                }
-                () = at(timers.kill_at) => {
-                    timers.kill_at = None;
-                    Event::DrainTimeout
-                }
-                _ = sweep_timer.tick() => match reaper::sweep(self.app.pid).app_status {
-                    Some(status) => Event::AppExited(status),
-                    None => continue,
-                },
-                _ = traffic_timer.tick(), if phase == Phase::Draining && quiet.is_some() => {
-                    match self.watch_traffic(quiet.as_mut(), timers.drain_started) {
+            let event = match due.take() {
+                Some(event) => event,
+                None => tokio::select! {
+                    origin = next_signal(&mut signals) => match self.signal_event(origin) {
                         Some(event) => event,
                         None => continue,
+                    },
+                    Some(event) = events.recv() => event,
+                    () = at(timers.delay_ends) => {
+                        timers.delay_ends = None;
+                        Event::DelayElapsed
                     }
-                }
+                    () = at(timers.kill_at) => {
+                        timers.kill_at = None;
+                        Event::DrainTimeout
+                    }
+                    _ = sweep_timer.tick() => match reaper::sweep(self.app.pid).app_status {
+                        Some(status) => Event::AppExited(status),
+                        None => continue,
+                    },
+                    _ = traffic_timer.tick(), if phase == Phase::Draining && quiet.is_some() => {
+                        match self.watch_traffic(quiet.as_mut(), timers.drain_started) {
+                            Some(event) => event,
+                            None => continue,
+                        }
+                    }
+                },
             };
             if let Event::AppReady(ready) = event {
                 self.status
@@ -116,7 +121,13 @@ impl Supervisor {
                 Some(Action::Exit(status)) => break status,
                 Some(Action::StartDelay) => {
                     self.perform(Action::StartDelay, &mut timers);
-                    quiet = self.start_watching_traffic();
+                    if self.config.shutdown_delay.is_zero() {
+                        // No timer round trip: a zero delay sends the stop signal at once.
+                        timers.delay_ends = None;
+                        due = Some(Event::DelayElapsed);
+                    } else {
+                        quiet = self.start_watching_traffic();
+                    }
                 }
                 Some(action) => self.perform(action, &mut timers),
             }
@@ -169,22 +180,24 @@ impl Supervisor {
         })
     }
 
-    /// One look at the app's traffic: `TrafficQuiet` once nothing new arrived for the quiet
-    /// period and the minimum delay has passed.
+    /// One look at the app's traffic: `TrafficQuiet` once no connection and no byte arrived
+    /// for the quiet period and the minimum delay has passed.
     fn watch_traffic(
         &self,
         quiet: Option<&mut Quiet>,
         drain_started: Option<Instant>,
     ) -> Option<Event> {
         let (quiet, config, drain_started) = (quiet?, self.quiet.as_ref()?, drain_started?);
-        let (new, open) = quiet.watch.poll();
+        let activity = quiet.watch.poll();
         let now = Instant::now();
-        if new > 0 {
+        if activity.arrived {
             quiet.last_arrival = now;
-            self.metrics.drain_new_connections.inc_by(new as u64);
         }
+        self.metrics
+            .drain_new_connections
+            .inc_by(activity.new_connections as u64);
         self.status
-            .send_modify(|snapshot| snapshot.open_connections = Some(open));
+            .send_modify(|snapshot| snapshot.open_connections = Some(activity.open));
         let quiet_for = now - quiet.last_arrival;
         if quiet_for < config.period || now - drain_started < config.min_delay {
             return None;
@@ -194,7 +207,7 @@ impl Supervisor {
             waited_ms = (now - drain_started).as_millis() as u64,
             saved_ms = self.config.shutdown_delay.saturating_sub(now - drain_started).as_millis() as u64,
             ports = ?quiet.watch.ports(),
-            "no new connections for the quiet period; stopping the app before the full shutdown delay"
+            "no traffic reached the app for the quiet period; stopping the app before the full shutdown delay"
         );
         Some(Event::TrafficQuiet)
     }
