@@ -124,7 +124,6 @@ fn bearer_matches(token: &str, header: Option<&[u8]>) -> bool {
     }
 }
 
-
 fn readyz(snapshot: &Snapshot) -> Response<Full<Bytes>> {
     if snapshot.ready {
         text(StatusCode::OK, "ok\n")
