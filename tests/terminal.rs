@@ -33,12 +33,23 @@ fn ctrl_c_on_a_terminal_reaches_the_app_directly() {
             if n == 0 {
                 break;
             }
-            sink.lock().expect("output").push_str(&String::from_utf8_lossy(&buf[..n]));
+            sink.lock()
+                .expect("output")
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
         }
     });
     let seen = |text: &str| output.lock().expect("output").contains(text);
-    assert!(wait_until(Duration::from_secs(10), || seen("ready pid=")), "{}", output.lock().expect("output"));
-    session.stdin.as_mut().expect("stdin").write_all(b"\x03").expect("type Ctrl-C");
+    assert!(
+        wait_until(Duration::from_secs(10), || seen("ready pid=")),
+        "{}",
+        output.lock().expect("output")
+    );
+    session
+        .stdin
+        .as_mut()
+        .expect("stdin")
+        .write_all(b"\x03")
+        .expect("type Ctrl-C");
     let mut status = None;
     assert!(wait_until(Duration::from_secs(10), || {
         status = session.try_wait().expect("try_wait");
