@@ -195,15 +195,15 @@ impl Sidecar {
         phase == Phase::Exited || (self.selector.is_none() && phase >= Phase::Stopping)
     }
 
-    /// Enters phase `next` because of `event`, logging and publishing it.
+    /// Enters phase `next` because of `event`, publishing and logging it.
     fn enter(&mut self, next: Phase, event: Event, started: Instant) {
         // The last target's pid stays in the snapshot after it exits, for the log and /status.
         if let Some(pid) = self.target.as_ref().map(|t| t.pid) {
             self.status.send_modify(|snapshot| snapshot.app_pid = pid);
         }
-        status::advance(
+        status::enter(&self.status, &self.config, next);
+        status::log_change(
             &self.status,
-            &self.config,
             event,
             next,
             self.timers.drain_started.unwrap_or(started),

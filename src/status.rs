@@ -86,24 +86,11 @@ impl Snapshot {
     }
 }
 
-/// Enters phase `to` because of `event`: one log line, and a new snapshot whose readiness
-/// follows the phase (and `--readiness-during-delay` while draining).
-pub fn advance(
-    status: &watch::Sender<Snapshot>,
-    config: &DrainConfig,
-    event: Event,
-    to: Phase,
-    since: Instant,
-) {
+/// Publishes phase `to`: a new snapshot whose readiness follows the phase (and
+/// `--readiness-during-delay` while draining). Memory only, so it never waits on I/O.
+pub fn enter(status: &watch::Sender<Snapshot>, config: &DrainConfig, to: Phase) {
     let keep_passing = config.readiness_during_delay == ReadinessDuringDelay::Pass;
     status.send_modify(|snapshot| {
-        tracing::info!(
-            phase = %to.name(),
-            reason = %phase::reason(event),
-            elapsed_ms = since.elapsed().as_millis() as u64,
-            pid = snapshot.app_pid,
-            "phase changed"
-        );
         let was_ready = snapshot.ready && snapshot.phase == Phase::Ready;
         snapshot.phase = to;
         snapshot.ready = match to {
@@ -113,6 +100,17 @@ pub fn advance(
         };
         snapshot.transitions.push((to, SystemTime::now()));
     });
+}
+
+/// The one log line of a phase change, written after the change has taken effect.
+pub fn log_change(status: &watch::Sender<Snapshot>, event: Event, to: Phase, since: Instant) {
+    tracing::info!(
+        phase = %to.name(),
+        reason = %phase::reason(event),
+        elapsed_ms = since.elapsed().as_millis() as u64,
+        pid = status.borrow().app_pid,
+        "phase changed"
+    );
 }
 
 /// Reports the start of the shutdown delay: in the snapshot (its end) and in the log.

@@ -106,34 +106,54 @@ impl Supervisor {
                     .send_modify(|snapshot| snapshot.app_ready = ready);
             }
             let (next, action) = phase::step(phase, event);
-            if next != phase {
-                status::advance(
+            let changed = next != phase;
+            if changed {
+                status::enter(&self.status, &self.config, next);
+                phase = next;
+            }
+            // Act, then log: a signal to the app must never wait behind a write to a slow log pipe.
+            let exit = match action {
+                Some(Action::Exit(status)) => Some(status),
+                Some(action) => {
+                    quiet = self.act(action, &mut timers, &mut due).or(quiet);
+                    None
+                }
+                None => None,
+            };
+            if changed {
+                status::log_change(
                     &self.status,
-                    &self.config,
                     event,
                     next,
                     timers.drain_started.unwrap_or(started),
                 );
-                phase = next;
             }
-            match action {
-                None => {}
-                Some(Action::Exit(status)) => break status,
-                Some(Action::StartDelay) => {
-                    self.perform(Action::StartDelay, &mut timers);
-                    if self.config.shutdown_delay.is_zero() {
-                        // No timer round trip: a zero delay sends the stop signal at once.
-                        timers.delay_ends = None;
-                        due = Some(Event::DelayElapsed);
-                    } else {
-                        quiet = self.start_watching_traffic();
-                    }
-                }
-                Some(action) => self.perform(action, &mut timers),
+            if let Some(status) = exit {
+                break status;
             }
         };
         self.clear_leftovers(&mut signals).await;
         code
+    }
+
+    /// Carries out one action; returns the traffic watch when the action started the delay.
+    fn act(&self, action: Action, timers: &mut Timers, due: &mut Option<Event>) -> Option<Quiet> {
+        match action {
+            Action::StartDelay if self.config.shutdown_delay.is_zero() => {
+                // No timer round trip: a zero delay sends the stop signal at once.
+                timers.drain_started = Some(Instant::now());
+                *due = Some(Event::DelayElapsed);
+                None
+            }
+            Action::StartDelay => {
+                self.perform(Action::StartDelay, timers);
+                self.start_watching_traffic()
+            }
+            action => {
+                self.perform(action, timers);
+                None
+            }
+        }
     }
 
     /// Turns one delivered signal into an event: SIGCHLD becomes a reap, a SIGPIPE that
