@@ -69,7 +69,7 @@ pub struct WrapArgs {
     )]
     pub rewrites: Vec<Rewrite>,
 
-    /// Poll the app until it is ready: tcp://HOST:PORT or http://HOST:PORT/PATH.
+    /// Poll the app until it is ready: tcp://IP:PORT or http://IP:PORT/PATH (or localhost:PORT).
     #[arg(long, value_name = "URL", env = "LAMEDUCK_READY_CHECK")]
     pub ready_check: Option<ReadyCheck>,
 

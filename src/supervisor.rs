@@ -72,6 +72,8 @@ impl Supervisor {
         let mut quiet: Option<Quiet> = None;
         // An event the last step made due at once (a zero shutdown delay), taken before waiting.
         let mut due: Option<Event> = None;
+        // Phase changes whose log lines wait until no action is due.
+        let mut unlogged: Vec<(Event, Phase)> = Vec::new();
         let code = loop {
             let event = match due.take() {
                 Some(event) => event,
@@ -121,12 +123,14 @@ impl Supervisor {
                 None => None,
             };
             if changed {
-                status::log_change(
-                    &self.status,
-                    event,
-                    next,
-                    timers.drain_started.unwrap_or(started),
-                );
+                unlogged.push((event, next));
+            }
+            // With an event already due (a zero delay), its action comes before any log write.
+            if due.is_none() {
+                let since = timers.drain_started.unwrap_or(started);
+                for (event, next) in unlogged.drain(..) {
+                    status::log_change(&self.status, event, next, since);
+                }
             }
             if let Some(status) = exit {
                 break status;
