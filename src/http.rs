@@ -2,8 +2,9 @@
 //! reads the supervisor's published snapshot and reports `/prestop` as an event. It never
 //! signals anything itself, and is bounded so that no client can slow the drain.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http_body_util::Full;
@@ -13,14 +14,15 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{mpsc, watch};
+use tokio::task::AbortHandle;
 
 use crate::cli::DrainConfig;
 use crate::metrics::Metrics;
 use crate::phase::{Event, Phase};
 use crate::status::Snapshot;
 
-/// At most this many connections are served at once; more are closed on accept, so abuse
+/// At most this many connections are served at once; beyond it the oldest is closed, so abuse
 /// costs connections, not memory (each idle one holds a few KiB).
 const MAX_CONNECTIONS: usize = 1024;
 /// A client must send each request head within this time, the first one and each one on a
@@ -48,19 +50,24 @@ pub struct Endpoints {
 /// Accepts connections until the runtime shuts down.
 pub async fn serve(listener: TcpListener, endpoints: Endpoints) {
     let endpoints = Arc::new(endpoints);
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let open = Open::default();
+    let mut next_id: u64 = 0;
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             // Out of file descriptors or similar: back off instead of spinning.
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
-        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-            drop(stream);
-            continue;
+        let id = next_id;
+        next_id += 1;
+        open.make_room();
+        let registration = Registration {
+            open: open.clone(),
+            id,
         };
         let endpoints = Arc::clone(&endpoints);
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
+            let _registration = registration;
             let service = hyper::service::service_fn(move |request| {
                 let endpoints = Arc::clone(&endpoints);
                 async move { Ok::<_, Infallible>(route(&endpoints, request).await) }
@@ -71,8 +78,49 @@ pub async fn serve(listener: TcpListener, endpoints: Endpoints) {
                 .max_buf_size(MAX_HEAD_BYTES)
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
-            drop(slot);
         });
+        // The task cannot run before this: the runtime has one thread and we have not yielded.
+        open.insert(id, task.abort_handle());
+    }
+}
+
+/// The connections being served, by age, so that the oldest can make room for a new one.
+#[derive(Clone, Default)]
+struct Open(Arc<Mutex<BTreeMap<u64, AbortHandle>>>);
+
+impl Open {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, AbortHandle>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// At the cap, closes the oldest connection. Probes come and go in milliseconds, so the
+    /// oldest is the one idling or trickling its request: abuse loses its connections, and a
+    /// new probe always gets in.
+    fn make_room(&self) {
+        let mut open = self.lock();
+        if open.len() >= MAX_CONNECTIONS
+            && let Some((_, oldest)) = open.pop_first()
+        {
+            oldest.abort();
+        }
+    }
+
+    fn insert(&self, id: u64, task: AbortHandle) {
+        self.lock().insert(id, task);
+    }
+}
+
+/// Removes a connection from `Open` when its task ends, however it ends.
+struct Registration {
+    open: Open,
+    id: u64,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.open.lock().remove(&self.id);
     }
 }
 

@@ -132,6 +132,35 @@ fn a_thousand_idle_connections_do_not_block_the_probes() {
 }
 
 #[test]
+fn at_the_connection_cap_the_oldest_connection_makes_room_for_a_probe() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).expect("room for 1,100 sockets in the test");
+    let run = signals_app(Mode::Subreaper, &[]);
+    let addr = run.addr();
+    let mut idle: Vec<TcpStream> = (0..1100)
+        .filter_map(|_| TcpStream::connect(addr).ok())
+        .collect();
+    assert_eq!(idle.len(), 1100);
+    for _ in 0..20 {
+        assert_eq!(
+            get(addr, "/readyz").0,
+            200,
+            "a probe gets in past 1,100 idle connections"
+        );
+    }
+    // The oldest idle connection was closed to make room, well before the 3s head timeout.
+    let oldest = &mut idle[0];
+    oldest.set_read_timeout(Some(SECOND)).expect("timeout");
+    let mut byte = [0u8; 1];
+    match oldest.read(&mut byte) {
+        Ok(0) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("the oldest idle connection is still open: {other:?}"),
+    }
+}
+
+#[test]
 fn runs_as_pid_1_without_root_or_capabilities() {
     let mut run = signals_app(
         Mode::Pid1Unprivileged,
