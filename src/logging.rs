@@ -1,10 +1,15 @@
-//! Log output: human-readable lines or JSON objects on stderr, at the chosen level.
+//! Log output: human-readable lines or JSON objects on stderr, at the chosen level, written
+//! so that a stalled or vanished log reader can never stall or kill lameduck.
 
+use std::io::{self, Write};
+use std::os::fd::AsFd;
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use tracing::level_filters::LevelFilter;
 
 use crate::cli::{LogArgs, LogFormat, LogLevel};
 
-/// Installs the global subscriber. Writes to a closed stderr are dropped, never fatal.
+/// Installs the global subscriber. Lines that cannot be written at once are dropped.
 pub fn init(args: &LogArgs) {
     let level = match args.log_level {
         LogLevel::Error => LevelFilter::ERROR,
@@ -14,7 +19,7 @@ pub fn init(args: &LogArgs) {
         LogLevel::Trace => LevelFilter::TRACE,
     };
     let builder = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        .with_writer(|| Stderr)
         .with_max_level(level)
         .with_target(false)
         .with_ansi(false)
@@ -30,4 +35,30 @@ pub fn init(args: &LogArgs) {
             .with_current_span(false)
             .try_init(),
     };
+}
+
+/// stderr that never blocks: a log line is written only when the kernel can take it now.
+///
+/// A blocking write to a full pipe (a log collector that stopped reading) would stall the
+/// supervisor, and with it signal forwarding, reaping and the drain. For a pipe, "writable"
+/// means at least PIPE_BUF (4 KiB) free, so a line of that size goes out whole or not at all.
+struct Stderr;
+
+impl Write for Stderr {
+    fn write(&mut self, line: &[u8]) -> io::Result<usize> {
+        let stderr = io::stderr();
+        let mut fds = [PollFd::new(stderr.as_fd(), PollFlags::POLLOUT)];
+        let ready = poll(&mut fds, PollTimeout::ZERO).is_ok_and(|n| n > 0)
+            && fds[0]
+                .revents()
+                .is_some_and(|r| r.contains(PollFlags::POLLOUT));
+        if !ready {
+            return Ok(line.len());
+        }
+        stderr.lock().write(line)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }

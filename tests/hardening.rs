@@ -235,6 +235,71 @@ fn a_closed_log_pipe_does_not_kill_lameduck() {
 }
 
 #[test]
+fn a_log_reader_that_stops_reading_does_not_stall_the_drain() {
+    let fixture = fixture();
+    let mut child = Command::new(common::lameduck())
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--log-level",
+            "debug",
+            "--shutdown-delay",
+            "0",
+        ])
+        .args(["--", &fixture, "signals"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start");
+    // stderr is never read: after 64 KiB of debug lines the pipe is full.
+    let _stalled_log = child.stderr.take();
+    let guard = KillOnDrop(vec![nix::unistd::Pid::from_raw(child.id() as i32)]);
+    let (tx, lines) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let next = |what: &str| {
+        lines
+            .recv_timeout(5 * SECOND)
+            .unwrap_or_else(|_| panic!("lameduck stalled on its full log pipe before {what}"))
+    };
+    let ready = next("the app started");
+    let app: i32 = ready
+        .trim_start_matches("ready pid=")
+        .parse()
+        .expect("app pid");
+    let mut guard = guard;
+    guard.0.push(nix::unistd::Pid::from_raw(app));
+    // Each forwarded signal logs two debug lines; 2,000 of them are far more than 64 KiB.
+    for _ in 0..2000 {
+        kill(guard.0[0], Signal::SIGUSR1).expect("signal");
+        assert_eq!(next("forwarding USR1"), "USR1");
+    }
+    kill(guard.0[0], Signal::SIGTERM).expect("signal");
+    assert_eq!(next("the stop signal"), "TERM");
+    let mut status = None;
+    assert!(wait_until(5 * SECOND, || {
+        status = child.try_wait().expect("try_wait");
+        status.is_some()
+    }));
+    assert_eq!(status.and_then(|s| s.code()), Some(0));
+}
+
+/// Kills these pids when the test ends, however it ends.
+struct KillOnDrop(Vec<nix::unistd::Pid>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            let _ = kill(*pid, Signal::SIGKILL);
+        }
+    }
+}
+
+#[test]
 fn a_signal_storm_still_drains_exactly_once() {
     let mut run = signals_app(Mode::Pid1, &["--shutdown-delay", "300ms"]);
     for _ in 0..10_000 {
