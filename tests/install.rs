@@ -138,3 +138,22 @@ fn the_static_binary_runs_in_an_empty_root() {
     assert!(stderr.contains("pid1=true"), "ran as PID 1: {stderr}");
     let _ = std::fs::remove_dir_all(&root);
 }
+
+#[test]
+fn installs_as_an_unprivileged_user_without_capabilities() {
+    let dir = temp_dir("nobody");
+    std::os::unix::fs::chown(&dir, Some(65534), Some(65534)).expect("chown");
+    let output = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .args(["--inh-caps=-all", "--bounding-set=-all", "--no-new-privs"])
+        .arg(lameduck())
+        .arg("install")
+        .arg(&dir)
+        .output()
+        .expect("setpriv (util-linux)");
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let installed = std::fs::metadata(dir.join("lameduck")).expect("installed");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(installed.uid(), 65534, "written by the unprivileged user");
+    let _ = std::fs::remove_dir_all(&dir);
+}
