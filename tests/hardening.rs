@@ -186,23 +186,7 @@ fn runs_as_pid_1_without_root_or_capabilities() {
 
 #[test]
 fn a_closed_log_pipe_does_not_kill_lameduck() {
-    let fixture = fixture();
-    let mut child = Command::new(common::lameduck())
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--log-level",
-            "debug",
-            "--shutdown-delay",
-            "0",
-            "--",
-            &fixture,
-            "signals",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start");
+    let mut child = debug_logging_app();
     let mut stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
     let mut line = String::new();
     std::io::BufRead::read_line(&mut stdout, &mut line).expect("ready line");
@@ -236,21 +220,7 @@ fn a_closed_log_pipe_does_not_kill_lameduck() {
 
 #[test]
 fn a_log_reader_that_stops_reading_does_not_stall_the_drain() {
-    let fixture = fixture();
-    let mut child = Command::new(common::lameduck())
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--log-level",
-            "debug",
-            "--shutdown-delay",
-            "0",
-        ])
-        .args(["--", &fixture, "signals"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start");
+    let mut child = debug_logging_app();
     // stderr is never read: after 64 KiB of debug lines the pipe is full.
     let _stalled_log = child.stderr.take();
     let guard = KillOnDrop(vec![nix::unistd::Pid::from_raw(child.id() as i32)]);
@@ -286,6 +256,26 @@ fn a_log_reader_that_stops_reading_does_not_stall_the_drain() {
         status.is_some()
     }));
     assert_eq!(status.and_then(|s| s.code()), Some(0));
+}
+
+/// lameduck as a plain child with both pipes for the test to hold, logging every signal
+/// (debug), the app echoing its signals, and the stop signal sent at once.
+fn debug_logging_app() -> std::process::Child {
+    let fixture = fixture();
+    Command::new(common::lameduck())
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--log-level",
+            "debug",
+            "--shutdown-delay",
+            "0",
+        ])
+        .args(["--", &fixture, "signals"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start")
 }
 
 /// Kills these pids when the test ends, however it ends.
