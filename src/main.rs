@@ -113,20 +113,16 @@ fn wrap(args: WrapArgs) -> i32 {
                 metrics: Arc::clone(&metrics),
             },
         ));
-        match args.ready_check {
-            Some(check) => {
-                tracing::info!(%check, "waiting for the app's ready check");
-                let status = status_tx.subscribe();
-                tokio::spawn(readiness::poll(
-                    check,
-                    args.ready_interval,
-                    events_tx,
-                    status,
-                ));
-            }
-            None => {
-                let _ = events_tx.send(phase::Event::AppReady(true)).await;
-            }
+        let ready_at_start = args.ready_check.is_none();
+        if let Some(check) = args.ready_check {
+            tracing::info!(%check, "waiting for the app's ready check");
+            let status = status_tx.subscribe();
+            tokio::spawn(readiness::poll(
+                check,
+                args.ready_interval,
+                events_tx,
+                status,
+            ));
         }
         let supervisor = Supervisor {
             app,
@@ -137,6 +133,7 @@ fn wrap(args: WrapArgs) -> i32 {
             metrics,
             quiet,
             listen_port,
+            ready_at_start,
         };
         supervisor.run(signals, events_rx).await
     })

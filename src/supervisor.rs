@@ -48,6 +48,8 @@ pub struct Supervisor {
     pub quiet: Option<QuietConfig>,
     /// The port lameduck's own endpoints listen on, never counted as the app's.
     pub listen_port: u16,
+    /// Whether the app counts as ready from the start (there is no ready check).
+    pub ready_at_start: bool,
 }
 
 /// The adaptive delay at work: the watch and when a connection last arrived.
@@ -65,6 +67,15 @@ impl Supervisor {
     ) -> i32 {
         let started = Instant::now();
         let mut phase = Phase::Starting;
+        if self.ready_at_start {
+            // Before the first event: a SIGTERM right after start must find the app Ready.
+            let event = Event::AppReady(true);
+            phase = phase::step(phase, event).0;
+            self.status
+                .send_modify(|snapshot| snapshot.app_ready = true);
+            status::enter(&self.status, &self.config, phase);
+            status::log_change(&self.status, event, phase, started);
+        }
         let mut timers = Timers::default();
         let mut sweep_timer = tokio::time::interval(SWEEP_INTERVAL);
         sweep_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
