@@ -1,10 +1,18 @@
 #!/usr/bin/env bash
 # Builds lameduck and shows a zero-downtime drain of a real nginx, with lameduck as PID 1 of
-# its own PID namespace (as in a container). Needs root; installs nginx when missing.
+# its own PID namespace (as in a container). Needs root and a Rust toolchain; installs nginx
+# and curl when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-command -v nginx >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null; }
+missing=()
+command -v nginx >/dev/null || missing+=(nginx)
+command -v curl >/dev/null || missing+=(curl)
+command -v unshare >/dev/null || missing+=(util-linux)
+if ((${#missing[@]})); then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
 cargo build --release --locked
 
 work=$(mktemp -d)
