@@ -73,7 +73,7 @@ pub struct WrapArgs {
     #[arg(long, value_name = "URL", env = "LAMEDUCK_READY_CHECK")]
     pub ready_check: Option<ReadyCheck>,
 
-    /// Adaptive delay: stop waiting once no new connection reached the app for this long.
+    /// Adaptive delay: stop waiting once no traffic reached the app for this long.
     #[arg(long, value_name = "DURATION", env = "LAMEDUCK_QUIET_PERIOD", value_parser = duration::parse)]
     pub quiet_period: Option<Duration>,
 
@@ -193,7 +193,7 @@ impl std::fmt::Debug for Token {
 /// The adaptive delay after validation.
 #[derive(Clone, Debug)]
 pub struct QuietConfig {
-    /// How long without a new connection counts as quiet.
+    /// How long without traffic (a new connection or bytes on one) counts as quiet.
     pub period: Duration,
     /// The earliest the stop signal may go out after the drain began.
     pub min_delay: Duration,

@@ -190,7 +190,7 @@ impl Supervisor {
         }
     }
 
-    /// With `--quiet-period`, starts watching new connections to the app's ports.
+    /// With `--quiet-period`, starts watching the traffic to the app's ports.
     fn start_watching_traffic(&self) -> Option<Quiet> {
         let config = self.quiet.as_ref()?;
         let ports = if config.app_ports.is_empty() {
@@ -207,7 +207,7 @@ impl Supervisor {
         tracing::info!(
             ?ports,
             quiet_period_ms = config.period.as_millis() as u64,
-            "watching new connections to the app"
+            "watching the traffic to the app"
         );
         Some(Quiet {
             watch: TrafficWatch::new(ports),
