@@ -270,21 +270,8 @@ struct Steady {
 impl Steady {
     fn start(test: &str, addr: SocketAddr, endpoints: SocketAddr) -> Self {
         let config = NginxConfig::new(&format!("ct-{test}-steady"), addr);
-        let listen = endpoints.to_string();
-        let check = format!("http://{addr}/fast");
-        let mut args = vec![
-            "--listen",
-            &listen,
-            "--stop-signal",
-            "QUIT",
-            "--ready-check",
-            &check,
-            "--ready-interval",
-            "100ms",
-            "--",
-        ];
-        let command = config.command();
-        args.extend(command.iter().map(String::as_str));
+        let args = config.under_lameduck(endpoints, &[]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let run = Lameduck::start(Mode::Pid1, &args);
         assert!(
             wait_ready(&[(endpoints, "/readyz")], STARTUP),

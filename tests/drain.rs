@@ -75,8 +75,7 @@ fn prestop_holds_for_the_delay_then_sigterm_needs_no_second_delay(mode: Mode) {
         &["--stop-signal", "QUIT", "--shutdown-delay", "1s"],
         &[],
     );
-    let addr = run.addr();
-    assert!(wait_until(5 * SECOND, || get(addr, "/readyz").0 == 200));
+    let addr = run.ready_addr();
 
     let called = Instant::now();
     let (status, _) = get(addr, "/prestop");
@@ -103,8 +102,7 @@ fn repeated_prestop_calls_start_one_drain(mode: Mode) {
         &["--stop-signal", "QUIT", "--shutdown-delay", "1s"],
         &[],
     );
-    let addr = run.addr();
-    assert!(wait_until(5 * SECOND, || get(addr, "/readyz").0 == 200));
+    let addr = run.ready_addr();
     let first = std::thread::spawn(move || http(addr, "POST", "/prestop").0);
     let second = std::thread::spawn(move || get(addr, "/prestop").0);
     assert_eq!(first.join().expect("first hook"), 200);
@@ -115,8 +113,7 @@ fn repeated_prestop_calls_start_one_drain(mode: Mode) {
 
 fn a_second_sigterm_skips_the_rest_of_the_delay(mode: Mode) {
     let mut run = start_signals_app(mode, &["--shutdown-delay", "1m"], &[]);
-    let addr = run.addr();
-    assert!(wait_until(5 * SECOND, || get(addr, "/readyz").0 == 200));
+    let addr = run.ready_addr();
     run.signal(Signal::SIGTERM);
     assert!(wait_until(SECOND, || get(addr, "/readyz").0 == 503));
     let second = Instant::now();
@@ -192,8 +189,7 @@ fn a_crash_during_the_delay_exits_at_once_with_the_crash_status(mode: Mode) {
         &["--shutdown-delay", "1m"],
         &["--exit-on", "USR1", "--exit-code", "3"],
     );
-    let addr = run.addr();
-    assert!(wait_until(5 * SECOND, || get(addr, "/readyz").0 == 200));
+    let addr = run.ready_addr();
     run.signal(Signal::SIGTERM);
     assert!(wait_until(SECOND, || get(addr, "/readyz").0 == 503));
     let crashed = Instant::now();
@@ -211,8 +207,7 @@ fn readiness_can_keep_passing_during_the_delay(mode: Mode) {
         &["--readiness-during-delay", "pass", "--shutdown-delay", "1s"],
         &[],
     );
-    let addr = run.addr();
-    assert!(wait_until(5 * SECOND, || get(addr, "/readyz").0 == 200));
+    let addr = run.ready_addr();
     run.signal(Signal::SIGTERM);
     assert!(wait_until(SECOND, || get(addr, "/status")
         .1
@@ -244,8 +239,7 @@ fn status_reports_phase_pid_and_settings() {
         &["--stop-signal", "QUIT", "--shutdown-delay", "1m30s"],
         &[],
     );
-    let addr = run.addr();
-    assert!(wait_until(5 * SECOND, || get(addr, "/readyz").0 == 200));
+    let addr = run.ready_addr();
     let (status, body) = get(addr, "/status");
     assert_eq!(status, 200);
     let json: serde_json::Value = serde_json::from_str(&body).expect("status is JSON");
@@ -341,8 +335,7 @@ fn with_a_grace_period_the_final_kill_counts_from_the_start_of_the_drain() {
         ],
         &["--exit-on", "none"],
     );
-    let addr = run.addr();
-    assert!(wait_until(5 * SECOND, || get(addr, "/readyz").0 == 200));
+    let addr = run.ready_addr();
     let started = Instant::now();
     run.signal(Signal::SIGTERM);
     assert!(wait_until(SECOND, || get(addr, "/readyz").0 == 503));

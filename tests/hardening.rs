@@ -29,8 +29,7 @@ fn prestop_without_the_token_is_refused_and_starts_nothing() {
         Mode::Subreaper,
         &["--prestop-token", "s3cret", "--shutdown-delay", "300ms"],
     );
-    let addr = run.addr();
-    assert!(wait_until(5 * SECOND, || get(addr, "/readyz").0 == 200));
+    let addr = run.ready_addr();
     for headers in [
         vec![],
         vec![("Authorization", "Bearer wrong")],
@@ -166,8 +165,7 @@ fn runs_as_pid_1_without_root_or_capabilities() {
         Mode::Pid1Unprivileged,
         &["--shutdown-delay", "200ms", "--stop-signal", "QUIT"],
     );
-    let addr = run.addr();
-    assert!(wait_until(5 * SECOND, || get(addr, "/readyz").0 == 200));
+    run.ready_addr();
     let status = std::fs::read_to_string(format!("/proc/{}/status", run.pid)).expect("status");
     assert!(
         status
@@ -348,8 +346,7 @@ fn the_images_stop_signal_starts_the_drain_too() {
         Mode::Pid1,
         &["--stop-signal", "QUIT", "--shutdown-delay", "500ms"],
     );
-    let addr = run.addr();
-    assert!(wait_until(5 * SECOND, || get(addr, "/readyz").0 == 200));
+    let addr = run.ready_addr();
     let sent = Instant::now();
     run.signal(Signal::SIGQUIT);
     assert!(wait_until(SECOND, || get(addr, "/readyz").0 == 503));

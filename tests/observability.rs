@@ -67,8 +67,7 @@ fn metrics_parse_as_openmetrics_and_count_the_drain() {
         ],
     );
     run.expect_ready();
-    let addr = run.addr();
-    assert!(wait_until(5 * SECOND, || get(addr, "/readyz").0 == 200));
+    let addr = run.ready_addr();
     run.signal(Signal::SIGUSR1);
     run.expect_exact("USR1");
     run.signal(Signal::SIGHUP);
@@ -114,8 +113,7 @@ fn status_shows_the_time_left_in_the_delay() {
         &["--shutdown-delay", "1m", "--", &fixture, "signals"],
     );
     run.expect_ready();
-    let addr = run.addr();
-    assert!(wait_until(5 * SECOND, || get(addr, "/readyz").0 == 200));
+    let addr = run.ready_addr();
     let before: serde_json::Value = serde_json::from_str(&get(addr, "/status").1).expect("json");
     assert!(before["delay_left_ms"].is_null());
     run.signal(Signal::SIGTERM);

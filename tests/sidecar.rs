@@ -109,8 +109,7 @@ fn finds_nginx_by_name_in_a_shared_pid_namespace() {
 fn its_own_sigterm_before_the_hook_drains_the_app_first() {
     let mut nginx = Nginx::start("sidecar-sigterm", free_addr());
     let mut sidecar = sidecar_for(&nginx, &["--shutdown-delay", "500ms"]);
-    let addr = sidecar.addr();
-    assert!(wait_until(5 * SECOND, || get(addr, "/readyz").0 == 200));
+    sidecar.ready_addr();
     sidecar.signal(Signal::SIGTERM);
     assert_eq!(sidecar.wait_exit(5 * SECOND), 0);
     assert_eq!(
@@ -181,8 +180,7 @@ fn an_app_that_ignores_its_stop_signal_is_killed_at_the_drain_timeout() {
             "1s",
         ],
     );
-    let addr = sidecar.addr();
-    assert!(wait_until(5 * SECOND, || get(addr, "/readyz").0 == 200));
+    let addr = sidecar.ready_addr();
     let (status, body) = get(addr, "/prestop");
     assert_eq!((status, body.as_str()), (200, "exited\n"));
     let mut code = None;
@@ -205,8 +203,7 @@ fn an_app_that_ignores_its_stop_signal_is_killed_at_the_drain_timeout() {
 #[test]
 fn without_a_target_it_only_waits_out_the_delay_and_says_so() {
     let mut sidecar = Lameduck::start(Mode::Subreaper, &["sidecar", "--shutdown-delay", "500ms"]);
-    let addr = sidecar.addr();
-    assert!(wait_until(5 * SECOND, || get(addr, "/readyz").0 == 200));
+    let addr = sidecar.ready_addr();
     assert!(
         sidecar.stderr.contains("only waits out the shutdown delay"),
         "{:#?}",
@@ -224,8 +221,7 @@ fn without_a_target_it_only_waits_out_the_delay_and_says_so() {
 #[test]
 fn as_pid_1_it_knows_it_cannot_see_the_app() {
     let sidecar = Lameduck::start(Mode::Pid1, &["sidecar", "--process-name", "nginx"]);
-    let addr = sidecar.addr();
-    assert!(wait_until(5 * SECOND, || get(addr, "/readyz").0 == 200));
+    sidecar.ready_addr();
     assert!(
         sidecar
             .stderr

@@ -76,22 +76,8 @@ impl Pod {
         drain: &[&str],
     ) -> Self {
         let config = NginxConfig::new(&format!("zd-{test}-{name}"), addr);
-        let listen = endpoints.to_string();
-        let check = format!("http://{addr}/fast");
-        let mut args = vec![
-            "--listen",
-            &listen,
-            "--stop-signal",
-            "QUIT",
-            "--ready-check",
-            &check,
-            "--ready-interval",
-            "100ms",
-        ];
-        args.extend(drain);
-        args.push("--");
-        let command = config.command();
-        args.extend(command.iter().map(String::as_str));
+        let args = config.under_lameduck(endpoints, drain);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let run = Lameduck::start(Mode::Pid1, &args);
         let pod = Pod {
             name,

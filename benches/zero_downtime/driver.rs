@@ -101,25 +101,15 @@ impl Pid1 {
                 } else {
                     LONG_DELAY
                 };
-                let mut argv = vec![
-                    lameduck.into(),
-                    "--listen".into(),
-                    pod.endpoints.to_string(),
-                    "--stop-signal".into(),
-                    "QUIT".into(),
-                    "--shutdown-delay".into(),
-                    format!("{}ms", delay.as_millis()),
-                    "--ready-check".into(),
-                    format!("http://{}/fast", pod.nginx),
-                    "--ready-interval".into(),
-                    "100ms".into(),
-                ];
+                let delay = format!("{}ms", delay.as_millis());
+                let quiet = format!("{}ms", QUIET_PERIOD.as_millis());
+                let mut drain = vec!["--shutdown-delay", delay.as_str()];
                 if matches!(self, Pid1::LameduckAdaptive) {
-                    argv.push("--quiet-period".into());
-                    argv.push(format!("{}ms", QUIET_PERIOD.as_millis()));
+                    drain.extend(["--quiet-period", quiet.as_str()]);
                 }
-                argv.push("--".into());
-                argv
+                let mut argv = vec![lameduck.to_owned()];
+                argv.extend(nginx.under_lameduck(pod.endpoints, &drain));
+                return argv;
             }
         };
         argv.extend(nginx.command());

@@ -230,6 +230,17 @@ impl Lameduck {
         listening_addr(&self.stderr)
     }
 
+    /// The endpoints' address, once /readyz answers 200.
+    pub fn ready_addr(&self) -> SocketAddr {
+        let addr = self.addr();
+        assert!(
+            wait_until(Duration::from_secs(5), || get(addr, "/readyz").0 == 200),
+            "never ready: {:#?}",
+            self.stderr.all()
+        );
+        addr
+    }
+
     /// Sends `signal` to lameduck itself (not to `unshare`, which would not pass it on).
     pub fn signal(&self, signal: Signal) {
         kill(self.pid, signal).expect("signal lameduck");

@@ -72,6 +72,26 @@ http {{
         ]
     }
 
+    /// lameduck's flags for wrapping this nginx as a pod does: endpoints on `endpoints`, QUIT as
+    /// the stop signal, ready once nginx answers `/fast`, the `drain` flags, then `--` and
+    /// nginx's own command.
+    pub fn under_lameduck(&self, endpoints: SocketAddr, drain: &[&str]) -> Vec<String> {
+        let mut args: Vec<String> = vec![
+            "--listen".into(),
+            endpoints.to_string(),
+            "--stop-signal".into(),
+            "QUIT".into(),
+            "--ready-check".into(),
+            format!("http://{}/fast", self.addr),
+            "--ready-interval".into(),
+            "100ms".into(),
+        ];
+        args.extend(drain.iter().map(|flag| flag.to_string()));
+        args.push("--".into());
+        args.extend(self.command());
+        args
+    }
+
     /// The pid file nginx writes.
     pub fn pid_file(&self) -> PathBuf {
         self.dir.join("nginx.pid")
