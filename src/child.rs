@@ -124,15 +124,15 @@ impl App {
     }
 
     /// Sends `signal` to everything the app may have left: the whole PID namespace when
-    /// lameduck is its init, the app's process group otherwise. Returns whether anything
-    /// was there to receive it.
-    pub fn signal_everything(&self, signal: Signal, pid1: bool) -> bool {
+    /// lameduck is its init, the app's process group otherwise. Nothing being left (ESRCH) is
+    /// the good case, so the result is not reported.
+    pub fn signal_everything(&self, signal: Signal, pid1: bool) {
         let target = if pid1 {
             Pid::from_raw(-1)
         } else {
             Pid::from_raw(-self.pid.as_raw())
         };
-        signal::kill(target, signal).is_ok()
+        let _ = signal::kill(target, signal);
     }
 
     /// The pids `signal_everything` would reach, read from /proc, for the log line that says
