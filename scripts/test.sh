@@ -19,7 +19,8 @@ missing=()
 command -v unshare >/dev/null || missing+=(util-linux)
 command -v nginx >/dev/null || missing+=(nginx)
 command -v haproxy >/dev/null || missing+=(haproxy)
-command -v python3 >/dev/null || missing+=(python3 python3-pip)
+command -v python3 >/dev/null || missing+=(python3)
+python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
 if ((${#missing[@]})); then
     echo "test.sh: installing ${missing[*]}" >&2
     apt-get update -qq
