@@ -19,6 +19,7 @@ missing=()
 command -v unshare >/dev/null || missing+=(util-linux)
 command -v nginx >/dev/null || missing+=(nginx)
 command -v haproxy >/dev/null || missing+=(haproxy)
+command -v kubectl >/dev/null || missing+=(kubernetes-client)
 command -v python3 >/dev/null || missing+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
 if ((${#missing[@]})); then
@@ -38,4 +39,4 @@ if ((${#python_needs[@]})); then
         python3 -m pip install -q "${python_needs[@]}"
 fi
 
-cargo test --locked
+cargo test --workspace --locked

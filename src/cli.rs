@@ -43,8 +43,13 @@ pub enum Mode {
         /// The directory to install into.
         dir: std::path::PathBuf,
     },
-    /// Check Kubernetes manifests for settings that still drop requests.
-    Lint(crate::lint::LintArgs),
+    /// Moved to the kubectl plugin: `kubectl lameduck lint` (kept to say so).
+    #[command(hide = true)]
+    Lint {
+        /// Whatever followed `lint`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        rest: Vec<OsString>,
+    },
 }
 
 /// Flags of the default mode, `lameduck [OPTIONS] -- COMMAND [ARGS]...`.

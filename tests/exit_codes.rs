@@ -146,3 +146,11 @@ fn taken_port_exits_2_before_the_app_starts() {
         "the app must not start when the port is taken"
     );
 }
+
+#[test]
+fn lint_in_the_init_exits_2_pointing_to_the_kubectl_plugin() {
+    let (code, stderr) = run_plain(&["lint", "examples/wrapper.yaml", "--format", "json"]);
+    assert_eq!(code, 2);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("kubectl lameduck lint"), "{stderr}");
+}

@@ -4,8 +4,19 @@ mod common;
 
 use std::process::Command;
 
-fn flags_of(args: &[&str]) -> Vec<String> {
-    let output = Command::new(common::lameduck())
+/// The plugin, built beside lameduck by `cargo test --workspace`.
+fn plugin() -> std::path::PathBuf {
+    let path = common::lameduck().with_file_name("kubectl-lameduck");
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo test --workspace`",
+        path.display()
+    );
+    path
+}
+
+fn flags_of(program: &std::path::Path, args: &[&str]) -> Vec<String> {
+    let output = Command::new(program)
         .args(args)
         .arg("--help")
         .output()
@@ -31,8 +42,15 @@ fn mentions(text: &str, flag: &str) -> bool {
 fn readme_documents_every_flag_of_every_mode() {
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
         .expect("README.md");
-    for mode in [&[][..], &["sidecar"], &["install"], &["lint"]] {
-        let flags = flags_of(mode);
+    let (lameduck, plugin) = (common::lameduck(), plugin());
+    let modes: [(&std::path::Path, &[&str]); 4] = [
+        (&lameduck, &[]),
+        (&lameduck, &["sidecar"]),
+        (&lameduck, &["install"]),
+        (&plugin, &["lint"]),
+    ];
+    for (program, mode) in modes {
+        let flags = flags_of(program, mode);
         assert!(
             mode.len() == 1 && mode[0] == "install" || !flags.is_empty(),
             "no flags found for {mode:?}"

@@ -1,4 +1,4 @@
-//! `lameduck lint`, run as a user runs it: every rule provoked by its own broken manifest
+//! `kubectl lameduck lint`, run as a user runs it: every rule provoked by its own broken manifest
 //! (`tests/manifests/broken/RULE.yaml`, which provokes that rule and nothing else), a clean
 //! manifest, standard input, unreadable and invalid input, the JSON output, and the shipped
 //! examples.
@@ -10,8 +10,9 @@ use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
-const LAMEDUCK: &str = env!("CARGO_BIN_EXE_lameduck");
-const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+const PLUGIN: &str = env!("CARGO_BIN_EXE_kubectl-lameduck");
+/// The repository root, where the example and test manifests live.
+const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 
 /// A wrapper, a native sidecar and an init-install Deployment, each with its
 /// PodDisruptionBudget, with nothing to report.
@@ -125,9 +126,9 @@ struct Ran {
     stderr: String,
 }
 
-/// Runs `lameduck lint ARGS` in the repository root, with `stdin` on its standard input.
+/// Runs `kubectl-lameduck lint ARGS` in the repository root, with `stdin` on its standard input.
 fn lint(args: &[&str], stdin: &str) -> Ran {
-    let mut child = Command::new(LAMEDUCK)
+    let mut child = Command::new(PLUGIN)
         .arg("lint")
         .args(args)
         .current_dir(ROOT)
@@ -135,14 +136,14 @@ fn lint(args: &[&str], stdin: &str) -> Ran {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("lameduck starts");
+        .expect("kubectl-lameduck starts");
     // A lint that never reads stdin may close it first; that is not a failure here.
     let _ = child
         .stdin
         .take()
         .expect("stdin is piped")
         .write_all(stdin.as_bytes());
-    let output = child.wait_with_output().expect("lameduck finishes");
+    let output = child.wait_with_output().expect("kubectl-lameduck finishes");
     Ran {
         code: output.status.code(),
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
@@ -389,7 +390,7 @@ fn an_unreadable_file_exits_2_naming_it() {
     let lines: Vec<&str> = ran.stderr.lines().collect();
     assert_eq!(lines.len(), 1, "{}", ran.stderr);
     assert!(
-        lines[0].starts_with("lameduck: lint: tests/manifests/broken/no-such-file.yaml: "),
+        lines[0].starts_with("kubectl-lameduck: lint: tests/manifests/broken/no-such-file.yaml: "),
         "{}",
         ran.stderr
     );
@@ -398,7 +399,8 @@ fn an_unreadable_file_exits_2_naming_it() {
     assert_eq!(ran.code, Some(2));
     assert_eq!(ran.stdout, "");
     assert!(
-        ran.stderr.starts_with("lameduck: lint: tests/manifests: "),
+        ran.stderr
+            .starts_with("kubectl-lameduck: lint: tests/manifests: "),
         "{}",
         ran.stderr
     );
@@ -419,13 +421,15 @@ fn invalid_yaml_exits_2_with_file_and_line() {
     assert_eq!(ran.stdout, "");
     assert_eq!(
         ran.stderr,
-        format!("lameduck: lint: {name}:5: invalid YAML: illegal placement of ':' indicator\n")
+        format!(
+            "kubectl-lameduck: lint: {name}:5: invalid YAML: illegal placement of ':' indicator\n"
+        )
     );
     let ran = lint(&["-"], "a: 1\nb:\n  c: 2\n d: 3\n");
     assert_eq!(ran.code, Some(2));
     assert!(
         ran.stderr
-            .starts_with("lameduck: lint: <stdin>:4: invalid YAML: "),
+            .starts_with("kubectl-lameduck: lint: <stdin>:4: invalid YAML: "),
         "{}",
         ran.stderr
     );
@@ -435,23 +439,23 @@ fn invalid_yaml_exits_2_with_file_and_line() {
 
 #[test]
 fn text_that_is_not_utf8_exits_2_with_its_line() {
-    let mut child = Command::new(LAMEDUCK)
+    let mut child = Command::new(PLUGIN)
         .args(["lint", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("lameduck starts");
+        .expect("kubectl-lameduck starts");
     let _ = child
         .stdin
         .take()
         .expect("stdin is piped")
         .write_all(b"a: 1\nb: \xff\n");
-    let output = child.wait_with_output().expect("lameduck finishes");
+    let output = child.wait_with_output().expect("kubectl-lameduck finishes");
     assert_eq!(output.status.code(), Some(2));
     assert_eq!(
         String::from_utf8_lossy(&output.stderr),
-        "lameduck: lint: <stdin>:2: not UTF-8 text\n"
+        "kubectl-lameduck: lint: <stdin>:2: not UTF-8 text\n"
     );
 }
 
@@ -485,4 +489,27 @@ fn examples_lint_clean() {
             ran.stdout
         );
     }
+}
+
+#[test]
+fn kubectl_runs_the_plugin_found_on_path() {
+    let dir = Path::new(PLUGIN).parent().expect("the plugin's directory");
+    let path = std::env::join_paths(std::iter::once(dir.to_path_buf()).chain(
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()),
+    ))
+    .expect("PATH");
+    let output = Command::new("kubectl")
+        .args(["lameduck", "lint", "examples/wrapper.yaml"])
+        .current_dir(ROOT)
+        .env("PATH", path)
+        .output()
+        .expect("kubectl runs (scripts/test.sh installs kubernetes-client)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("0 errors"), "{stdout}");
 }

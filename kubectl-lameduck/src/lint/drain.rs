@@ -12,9 +12,9 @@ use super::lameduck::{self, Lameduck, Role, Settings};
 use super::manifest::{Container, Handler, Path, Pod};
 use super::report::{Findings, Rule};
 use super::yaml::Node;
-use crate::cli::{GRACE_MARGIN, ReadinessDuringDelay};
-use crate::duration;
-use crate::signals::short_name;
+use ::lameduck::cli::{GRACE_MARGIN, ReadinessDuringDelay};
+use ::lameduck::duration;
+use ::lameduck::signals::short_name;
 
 /// Kubernetes' probe defaults: `periodSeconds`, `failureThreshold`, `timeoutSeconds`.
 const PROBE_DEFAULTS: (i64, i64, i64) = (10, 3, 1);

@@ -11,10 +11,10 @@ use nix::sys::signal::Signal;
 
 use super::manifest::{Container, Path};
 use super::yaml::Node;
-use crate::cli::{LogFormat, LogLevel, ReadinessDuringDelay, Token};
-use crate::duration;
-use crate::readiness::ReadyCheck;
-use crate::signals::{Rewrite, Rewrites, SignalArg};
+use ::lameduck::cli::{LogFormat, LogLevel, ReadinessDuringDelay, Token};
+use ::lameduck::duration;
+use ::lameduck::readiness::ReadyCheck;
+use ::lameduck::signals::{Rewrite, Rewrites, SignalArg};
 
 /// How a container runs lameduck.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -680,7 +680,7 @@ mod tests {
     /// would call a valid manifest wrong, or miss a flag lameduck refuses.
     #[test]
     fn the_flag_table_matches_the_command_line() {
-        let cli = crate::cli::Cli::command();
+        let cli = ::lameduck::cli::Cli::command();
         let sidecar = cli
             .find_subcommand("sidecar")
             .expect("a sidecar mode")

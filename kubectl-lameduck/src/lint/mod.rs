@@ -1,4 +1,4 @@
-//! `lameduck lint FILE...`: checks Kubernetes manifests for the pod-spec half of a
+//! `kubectl lameduck lint FILE...`: checks Kubernetes manifests for the pod-spec half of a
 //! zero-downtime shutdown (preStop hook, probes, grace period, replicas, disruption budgets,
 //! nginx's stop signal, a sidecar's reach) against the lameduck flags they run with.
 //!
@@ -27,7 +27,7 @@ use crate::EXIT_USAGE;
 /// Exit code when an error-level finding exists.
 const EXIT_FINDINGS: i32 = 1;
 
-/// Flags of `lameduck lint`.
+/// Flags of `kubectl lameduck lint`.
 #[derive(clap::Args, Debug)]
 pub struct LintArgs {
     /// Manifest files (multi-document YAML); `-` reads standard input.
@@ -81,7 +81,7 @@ pub struct Outcome {
     pub skipped: usize,
 }
 
-/// Runs `lameduck lint`; returns 0 (no error-level finding), 1 (some) or 2 (unreadable input).
+/// Runs `kubectl lameduck lint`; returns 0 (no error-level finding), 1 (some) or 2 (unreadable input).
 pub fn run(args: &LintArgs) -> i32 {
     let mut sources = Vec::new();
     let mut unreadable = false;
@@ -89,7 +89,7 @@ pub fn run(args: &LintArgs) -> i32 {
         match read(file) {
             Ok(source) => sources.push(source),
             Err(err) => {
-                crate::say(std::io::stderr(), format_args!("lameduck: lint: {err}"));
+                crate::say(format_args!("kubectl-lameduck: lint: {err}"));
                 unreadable = true;
             }
         }
