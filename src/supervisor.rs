@@ -27,7 +27,8 @@ use crate::traffic::{self, TrafficWatch};
 const LEFTOVER_GRACE: Duration = Duration::from_secs(2);
 /// A periodic reap in case a SIGCHLD was coalesced or missed.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
-/// How often the adaptive delay reads the socket tables.
+/// How often the adaptive delay asks its watch; the watch reads the socket tables only when
+/// the answer may end the wait.
 const TRAFFIC_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Everything the supervisor needs to run one app to its end.
@@ -52,12 +53,6 @@ pub struct Supervisor {
     pub ready_at_start: bool,
 }
 
-/// The adaptive delay at work: the watch and when a connection last arrived.
-struct Quiet {
-    watch: TrafficWatch,
-    last_arrival: Instant,
-}
-
 impl Supervisor {
     /// Runs until the app has exited and nothing it left is alive; returns lameduck's exit code.
     pub async fn run(
@@ -80,7 +75,7 @@ impl Supervisor {
         let mut sweep_timer = tokio::time::interval(SWEEP_INTERVAL);
         sweep_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut traffic_timer = tokio::time::interval(TRAFFIC_INTERVAL);
-        let mut quiet: Option<Quiet> = None;
+        let mut quiet: Option<TrafficWatch> = None;
         // An event the last step made due at once (a zero shutdown delay), taken before waiting.
         let mut due: Option<Event> = None;
         // Phase changes whose log lines wait until no action is due.
@@ -152,7 +147,12 @@ impl Supervisor {
     }
 
     /// Carries out one action; returns the traffic watch when the action started the delay.
-    fn act(&self, action: Action, timers: &mut Timers, due: &mut Option<Event>) -> Option<Quiet> {
+    fn act(
+        &self,
+        action: Action,
+        timers: &mut Timers,
+        due: &mut Option<Event>,
+    ) -> Option<TrafficWatch> {
         match action {
             Action::StartDelay if self.config.shutdown_delay.is_zero() => {
                 // No timer round trip: a zero delay sends the stop signal at once.
@@ -191,7 +191,7 @@ impl Supervisor {
     }
 
     /// With `--quiet-period`, starts watching the traffic to the app's ports.
-    fn start_watching_traffic(&self) -> Option<Quiet> {
+    fn start_watching_traffic(&self) -> Option<TrafficWatch> {
         let config = self.quiet.as_ref()?;
         let ports = if config.app_ports.is_empty() {
             traffic::listening_ports(&self.app.leftovers(self.pid1), self.listen_port)
@@ -209,31 +209,25 @@ impl Supervisor {
             quiet_period_ms = config.period.as_millis() as u64,
             "watching the traffic to the app"
         );
-        Some(Quiet {
-            watch: TrafficWatch::new(ports),
-            last_arrival: Instant::now(),
-        })
+        Some(TrafficWatch::new(ports, config.period, config.min_delay))
     }
 
     /// One look at the app's traffic: `TrafficQuiet` once no connection and no byte arrived
     /// for the quiet period and the minimum delay has passed.
     fn watch_traffic(
         &self,
-        quiet: Option<&mut Quiet>,
+        watch: Option<&mut TrafficWatch>,
         drain_started: Option<Instant>,
     ) -> Option<Event> {
-        let (quiet, config, drain_started) = (quiet?, self.quiet.as_ref()?, drain_started?);
-        let activity = quiet.watch.poll();
+        let (watch, config, drain_started) = (watch?, self.quiet.as_ref()?, drain_started?);
+        let activity = watch.poll();
         let now = Instant::now();
-        if activity.arrived {
-            quiet.last_arrival = now;
-        }
         self.metrics
             .drain_new_connections
             .inc_by(activity.new_connections as u64);
         self.status
             .send_modify(|snapshot| snapshot.open_connections = Some(activity.open));
-        let quiet_for = now - quiet.last_arrival;
+        let quiet_for = activity.quiet_for;
         if quiet_for < config.period || now - drain_started < config.min_delay {
             return None;
         }
@@ -241,7 +235,7 @@ impl Supervisor {
             quiet_ms = quiet_for.as_millis() as u64,
             waited_ms = (now - drain_started).as_millis() as u64,
             saved_ms = self.config.shutdown_delay.saturating_sub(now - drain_started).as_millis() as u64,
-            ports = ?quiet.watch.ports(),
+            ports = ?watch.ports(),
             "no traffic reached the app for the quiet period; stopping the app before the full shutdown delay"
         );
         Some(Event::TrafficQuiet)
