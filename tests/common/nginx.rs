@@ -26,6 +26,11 @@ pub struct NginxConfig {
 impl NginxConfig {
     /// Writes the config for a server on `addr` into a fresh temp dir named after `label`.
     pub fn new(label: &str, addr: SocketAddr) -> Self {
+        NginxConfig::with_connections(label, addr, 1024)
+    }
+
+    /// The same, for a worker that holds up to `connections` connections.
+    pub fn with_connections(label: &str, addr: SocketAddr, connections: usize) -> Self {
         let dir = std::env::temp_dir().join(format!(
             "lameduck-nginx-{label}-{}-{}",
             std::process::id(),
@@ -36,11 +41,13 @@ impl NginxConfig {
         std::fs::write(dir.join("html/slow"), vec![b'x'; SLOW_BYTES]).expect("slow file");
         std::fs::write(dir.join("html/fast"), b"ok\n").expect("fast file");
         let d = dir.display();
+        let files = connections + 64;
         let config = format!(
             "worker_processes 1;
+worker_rlimit_nofile {files};
 pid {d}/nginx.pid;
 error_log {d}/error.log info;
-events {{ worker_connections 1024; }}
+events {{ worker_connections {connections}; }}
 http {{
     access_log {d}/access.log;
     client_body_temp_path {d}/body;

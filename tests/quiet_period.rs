@@ -1,0 +1,174 @@
+//! The adaptive delay among many connections: real nginx under lameduck as PID 1, holding 5,000
+//! idle kept-alive connections. Requests on one connection among them keep the drain open; with
+//! none, the drain ends once the quiet period has passed.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, TcpStream};
+use std::time::{Duration, Instant};
+
+use common::haproxy::free_addrs;
+use common::nginx::NginxConfig;
+use common::{Lameduck, Mode, get, wait_until};
+use nix::sys::resource::{Resource, getrlimit, setrlimit};
+use nix::sys::signal::Signal;
+
+/// Idle connections nginx holds while it drains.
+const IDLE: usize = 5_000;
+const QUIET_PERIOD: Duration = Duration::from_secs(1);
+/// The upper bound, far above what either scenario may wait.
+const SHUTDOWN_DELAY_FLAG: &str = "20s";
+/// How long the busy connection keeps sending requests after SIGTERM.
+const BUSY_FOR: Duration = Duration::from_secs(3);
+/// One request this often on the busy connection: well inside the quiet period.
+const REQUEST_EVERY: Duration = Duration::from_millis(200);
+/// Room for a busy machine in the upper bounds.
+const SLACK: Duration = Duration::from_secs(2);
+const QUIET_LINE: &str = "no traffic reached the app for the quiet period";
+
+/// nginx under lameduck, with `IDLE` open connections and one more to send requests on.
+struct Pod {
+    run: Lameduck,
+    busy: TcpStream,
+    _idle: Vec<TcpStream>,
+    /// Dropped after `run`, so nginx is gone before its folder is removed.
+    _config: NginxConfig,
+}
+
+impl Pod {
+    fn start(test: &str, ip: Ipv4Addr) -> Pod {
+        // The test holds every client end: room for them, and nginx inherits it for the others.
+        let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).expect("raise the open-file limit");
+        assert!(hard as usize > IDLE + 100, "open-file limit {hard} too low");
+
+        let [addr, endpoints] = free_addrs(ip, 2)[..] else {
+            unreachable!()
+        };
+        let config = NginxConfig::with_connections(&format!("quiet-{test}"), addr, IDLE + 100);
+        let args = config.under_lameduck(
+            endpoints,
+            &[
+                "--shutdown-delay",
+                SHUTDOWN_DELAY_FLAG,
+                "--quiet-period",
+                "1s",
+            ],
+        );
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let run = Lameduck::start(Mode::Pid1, &args);
+        assert_eq!(run.addr(), endpoints);
+        assert!(
+            wait_until(Duration::from_secs(10), || get(endpoints, "/readyz").0
+                == 200),
+            "nginx never became ready: {:#?}",
+            run.stderr.all()
+        );
+        let idle: Vec<TcpStream> = (0..IDLE)
+            .map(|_| TcpStream::connect(addr).expect("an idle connection"))
+            .collect();
+        let busy = TcpStream::connect(addr).expect("the busy connection");
+        busy.set_read_timeout(Some(SLACK)).expect("read timeout");
+        let mut pod = Pod {
+            run,
+            busy,
+            _idle: idle,
+            _config: config,
+        };
+        pod.request();
+        // Everything opened so far is older than the quiet period when the drain begins.
+        std::thread::sleep(QUIET_PERIOD);
+        pod
+    }
+
+    /// One keep-alive request on the busy connection, read to the end of its response.
+    fn request(&mut self) {
+        self.busy
+            .write_all(b"GET /fast HTTP/1.1\r\nHost: pod\r\n\r\n")
+            .expect("send a request");
+        let mut response = Vec::new();
+        let mut chunk = [0u8; 512];
+        while !response.ends_with(b"ok\n") {
+            let got = self.busy.read(&mut chunk).expect("read the response");
+            assert!(got > 0, "nginx closed the busy connection");
+            response.extend_from_slice(&chunk[..got]);
+        }
+    }
+
+    /// Waits for the line that says why the wait ended; returns it and when it was seen.
+    fn quiet_line(&self, within: Duration) -> (String, Instant) {
+        let mut seen = None;
+        wait_until(within, || {
+            seen = self
+                .run
+                .stderr
+                .all()
+                .into_iter()
+                .find(|line| line.contains(QUIET_LINE));
+            seen.is_some()
+        });
+        let line = seen.unwrap_or_else(|| {
+            panic!(
+                "the wait did not end on quiet traffic: {:#?}",
+                self.run.stderr.all()
+            )
+        });
+        (line, Instant::now())
+    }
+}
+
+/// A number field of a log line, `name=VALUE`.
+fn field(line: &str, name: &str) -> u64 {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {line:?}"))
+}
+
+#[test]
+fn requests_on_one_connection_among_5000_idle_ones_hold_the_drain_open() {
+    let mut pod = Pod::start("busy", Ipv4Addr::new(127, 0, 62, 1));
+    let began = Instant::now();
+    pod.run.signal(Signal::SIGTERM);
+    while began.elapsed() < BUSY_FOR {
+        pod.request();
+        std::thread::sleep(REQUEST_EVERY);
+        assert!(
+            !pod.run.stderr.contains(QUIET_LINE),
+            "the drain ended {:?} after SIGTERM while requests still came: {:#?}",
+            began.elapsed(),
+            pod.run.stderr.all()
+        );
+    }
+    let (line, _) = pod.quiet_line(QUIET_PERIOD + SLACK);
+    let last_traffic_ms = field(&line, "waited_ms") - field(&line, "quiet_ms");
+    assert!(
+        last_traffic_ms + REQUEST_EVERY.as_millis() as u64 >= BUSY_FOR.as_millis() as u64,
+        "the last request ({last_traffic_ms} ms after SIGTERM) was not seen: {line}"
+    );
+    assert!(
+        field(&line, "quiet_ms") >= QUIET_PERIOD.as_millis() as u64,
+        "{line}"
+    );
+}
+
+#[test]
+fn with_5000_idle_connections_and_no_traffic_the_drain_ends_after_the_quiet_period() {
+    let pod = Pod::start("idle", Ipv4Addr::new(127, 0, 62, 2));
+    let began = Instant::now();
+    pod.run.signal(Signal::SIGTERM);
+    let (line, seen) = pod.quiet_line(QUIET_PERIOD + SLACK);
+    assert!(
+        seen - began >= QUIET_PERIOD,
+        "ended {:?} after SIGTERM: {line}",
+        seen - began
+    );
+    assert!(
+        field(&line, "waited_ms") >= QUIET_PERIOD.as_millis() as u64,
+        "{line}"
+    );
+    assert!(
+        field(&line, "waited_ms") < (QUIET_PERIOD + SLACK).as_millis() as u64,
+        "{line}"
+    );
+}
