@@ -11,6 +11,8 @@ use nix::sys::resource::{self, Resource};
 use nix::sys::signal::{self, SigSet, SigmaskHow, Signal};
 use nix::unistd::{self, Pid};
 
+use crate::signals::Ignored;
+
 /// Why the app could not be started; each maps to the exit code tini and shells use.
 #[derive(Debug)]
 pub struct SpawnError {
@@ -34,11 +36,13 @@ pub struct App {
 /// session of its own.
 ///
 /// `open_files` is the open-file limit lameduck found at start, restored for the app so that
-/// raising lameduck's own limit changes nothing for it.
+/// raising lameduck's own limit changes nothing for it; likewise `ignored`, the signals that
+/// were ignored when lameduck started, are ignored by the app again.
 pub fn spawn(
     command: &[OsString],
     group: bool,
     open_files: Option<(u64, u64)>,
+    ignored: Ignored,
 ) -> Result<App, SpawnError> {
     let Some((program, args)) = command.split_first() else {
         return Err(SpawnError {
@@ -50,12 +54,13 @@ pub fn spawn(
     let mut cmd = Command::new(program);
     cmd.args(args);
     // SAFETY: the closure runs between fork and exec and only makes async-signal-safe calls
-    // (sigprocmask, setsid, setpgid, tcsetpgrp) on stack data.
+    // (setrlimit, sigaction, sigprocmask, setsid, setpgid, tcsetpgrp) on stack data.
     unsafe {
         cmd.pre_exec(move || {
             if let Some((soft, hard)) = open_files {
                 resource::setrlimit(Resource::RLIMIT_NOFILE, soft, hard)?;
             }
+            ignored.restore()?;
             isolate(interactive)
         });
     }
@@ -121,6 +126,17 @@ impl App {
         } else {
             signal::kill(self.pid, signal)
         }
+    }
+
+    /// Sends real-time signal `number` (which nix has no `Signal` for) like `signal`.
+    pub fn signal_realtime(&self, number: i32) -> nix::Result<()> {
+        let target = if self.group {
+            -self.pid.as_raw()
+        } else {
+            self.pid.as_raw()
+        };
+        // SAFETY: kill(2) with a plain pid and signal number.
+        Errno::result(unsafe { libc::kill(target, number) }).map(drop)
     }
 
     /// Sends `signal` to everything the app may have left: the whole PID namespace when

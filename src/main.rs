@@ -8,14 +8,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use signal_hook::iterator::exfiltrator::origin::WithOrigin;
-use signal_hook_tokio::SignalsInfo;
 use tokio::sync::{mpsc, watch};
 
 use lameduck::cli::{self, Mode, WrapArgs};
 use lameduck::metrics::Metrics;
 use lameduck::phase::Phase;
-use lameduck::signals::Rewrites;
+use lameduck::signals::{self, Rewrites};
 use lameduck::status::Snapshot;
 use lameduck::supervisor::Supervisor;
 
@@ -42,6 +40,10 @@ fn wrap(args: WrapArgs) -> i32 {
         Ok(quiet) => quiet,
         Err(message) => return lameduck::fatal(lameduck::EXIT_USAGE, &message),
     };
+    let ignored = signals::take_over();
+    if ignored.contains(config.stop_signal) {
+        tracing::warn!(signal = %signals::short_name(config.stop_signal), "the stop signal was ignored when lameduck started, so the app ignores it too and will be killed at the drain timeout");
+    }
     let pid1 = std::process::id() == 1;
     if !pid1 {
         // Orphans of the app are reparented to lameduck, so it can reap them as PID 1 would.
@@ -54,12 +56,7 @@ fn wrap(args: WrapArgs) -> i32 {
         Err(code) => return code,
     };
     runtime.block_on(async move {
-        let mut caught: Vec<i32> = lameduck::signals::FORWARDED
-            .iter()
-            .map(|&s| s as i32)
-            .collect();
-        caught.push(nix::sys::signal::Signal::SIGCHLD as i32);
-        let signals = match SignalsInfo::<WithOrigin>::new(&caught) {
+        let signals = match signals::catch() {
             Ok(signals) => signals,
             Err(err) => {
                 return lameduck::fatal(1, &format!("cannot install signal handlers: {err}"));
@@ -71,7 +68,7 @@ fn wrap(args: WrapArgs) -> i32 {
         };
         let listen_port = lameduck::announce(&listener, &config);
         let open_files = lameduck::child::raise_open_files();
-        let app = match lameduck::child::spawn(&args.command, args.group, open_files) {
+        let app = match lameduck::child::spawn(&args.command, args.group, open_files, ignored) {
             Ok(app) => app,
             Err(err) => return lameduck::fatal(err.exit_code, &err.message),
         };

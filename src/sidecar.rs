@@ -53,6 +53,8 @@ pub fn run(args: SidecarArgs) -> i32 {
             None
         }
     };
+    // A blocked SIGTERM would never reach the sidecar; it has no app to pass ignored signals to.
+    crate::signals::take_over();
     let runtime = match crate::runtime() {
         Ok(runtime) => runtime,
         Err(code) => return code,

@@ -1,16 +1,22 @@
-//! Which signals lameduck catches, how they are named, and how they are rewritten before
-//! being forwarded to the app.
+//! Which signals lameduck catches, what it takes over from its parent (the blocked mask, the
+//! ignored signals), how signals are named, and how they are rewritten before being forwarded
+//! to the app.
 
 use std::fmt;
+use std::io;
 use std::str::FromStr;
 
-use nix::sys::signal::Signal;
+use nix::sys::signal::{self, SigSet, SigmaskHow, Signal};
+use signal_hook::iterator::exfiltrator::origin::WithOrigin;
+use signal_hook_tokio::SignalsInfo;
 
-/// Every signal lameduck installs a handler for and forwards to the app.
+/// Every signal lameduck installs a handler for and forwards to the app, besides the
+/// real-time ones (SIGRTMIN..SIGRTMAX), which nix has no names for.
 ///
 /// As PID 1 the kernel drops any signal that has no handler, so a signal missing here would
-/// never reach the app. SIGKILL and SIGSTOP cannot be caught; the synchronous fault signals
-/// (SEGV, BUS, ILL, FPE, TRAP, ABRT, SYS) describe lameduck's own state and are left alone.
+/// never reach the app. SIGKILL and SIGSTOP cannot be caught; SIGILL, SIGFPE and SIGSEGV are
+/// left alone (signal-hook forbids them: a handler that returns re-runs the faulting
+/// instruction), so a `kill -SEGV` to lameduck kills it, or, as PID 1, is dropped.
 pub const FORWARDED: &[Signal] = &[
     Signal::SIGHUP,
     Signal::SIGINT,
@@ -33,7 +39,144 @@ pub const FORWARDED: &[Signal] = &[
     Signal::SIGWINCH,
     Signal::SIGIO,
     Signal::SIGPWR,
+    Signal::SIGABRT,
+    Signal::SIGBUS,
+    Signal::SIGTRAP,
+    Signal::SIGSYS,
 ];
+
+/// Signals that a fault inside lameduck raises, but that users also send with `kill` (ABRT for
+/// a core dump of the app). Forwarded only when sent with kill(2) or sigqueue(3); raised any
+/// other way (abort(3), a bus error, a breakpoint, seccomp), they crash lameduck as they would
+/// without a handler.
+const FAULT_LIKE: &[Signal] = &[
+    Signal::SIGABRT,
+    Signal::SIGBUS,
+    Signal::SIGTRAP,
+    Signal::SIGSYS,
+];
+
+/// The names of the real-time signals, counted from SIGRTMIN, as logs and metrics show them.
+const REALTIME_NAMES: [&str; 31] = [
+    "RTMIN", "RTMIN+1", "RTMIN+2", "RTMIN+3", "RTMIN+4", "RTMIN+5", "RTMIN+6", "RTMIN+7",
+    "RTMIN+8", "RTMIN+9", "RTMIN+10", "RTMIN+11", "RTMIN+12", "RTMIN+13", "RTMIN+14", "RTMIN+15",
+    "RTMIN+16", "RTMIN+17", "RTMIN+18", "RTMIN+19", "RTMIN+20", "RTMIN+21", "RTMIN+22", "RTMIN+23",
+    "RTMIN+24", "RTMIN+25", "RTMIN+26", "RTMIN+27", "RTMIN+28", "RTMIN+29", "RTMIN+30",
+];
+
+/// The real-time signals this C library lets a program catch: 34..=64 with glibc, which keeps
+/// 32 and 33 for itself.
+fn realtime() -> std::ops::RangeInclusive<i32> {
+    libc::SIGRTMIN()..=libc::SIGRTMAX()
+}
+
+/// The name of real-time signal `number` (`RTMIN+5`), or None for any other number.
+pub fn realtime_name(number: i32) -> Option<&'static str> {
+    if !realtime().contains(&number) {
+        return None;
+    }
+    let offset = usize::try_from(number - libc::SIGRTMIN()).ok()?;
+    REALTIME_NAMES.get(offset).copied()
+}
+
+/// The signals that were ignored when lameduck started, which the app gets ignored too (as it
+/// would have from a plain exec, tini or dumb-init). One bit per signal number.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Ignored(u64);
+
+impl Ignored {
+    /// Whether `signal` was ignored.
+    pub fn contains(self, signal: Signal) -> bool {
+        self.has(signal as i32)
+    }
+
+    fn has(self, number: i32) -> bool {
+        (1..=64).contains(&number) && self.0 & (1 << (number - 1)) != 0
+    }
+
+    /// Ignores each of these signals again. Runs in the forked child before exec, so it makes
+    /// only async-signal-safe calls (sigaction).
+    pub fn restore(self) -> io::Result<()> {
+        for number in 1..=64 {
+            if self.has(number) {
+                // SAFETY: SIG_IGN installs no code; sigaction is async-signal-safe.
+                if unsafe { libc::signal(number, libc::SIG_IGN) } == libc::SIG_ERR {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Takes over the signal state lameduck's parent left it: notes which signals are ignored
+/// (for the app), and clears the blocked mask, which would otherwise keep a SIGTERM pending
+/// forever with no drain. Runs before the handlers are installed and before any thread starts,
+/// so every thread inherits the empty mask.
+///
+/// SIGPIPE is the exception: the Rust runtime ignores it before `main`, so whether the parent
+/// did is unknown, and the app gets the default action, as from `std::process::Command`.
+pub fn take_over() -> Ignored {
+    let mut ignored = 0u64;
+    // 32 and 33 (glibc) belong to the C library, not to the parent.
+    for number in (1..32).chain(realtime()) {
+        if number == Signal::SIGPIPE as i32 {
+            continue;
+        }
+        // SAFETY: a null new action only reads the current one into `old`.
+        let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+        let read = unsafe { libc::sigaction(number, std::ptr::null(), &mut old) };
+        if read == 0 && old.sa_sigaction == libc::SIG_IGN {
+            ignored |= 1 << (number - 1);
+        }
+    }
+    if let Err(err) = signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None) {
+        tracing::warn!(%err, "cannot clear the inherited blocked signal mask");
+    }
+    Ignored(ignored)
+}
+
+/// Installs lameduck's handlers: every forwarded signal, the real-time ones, and SIGCHLD.
+///
+/// A fault-like signal (ABRT, BUS, TRAP, SYS) first passes a guard that crashes lameduck
+/// unless a process sent it; no earlier handler is chained for them (the Rust runtime's SIGBUS
+/// handler would reset it to the default action on the first `kill -BUS`).
+pub fn catch() -> io::Result<SignalsInfo<WithOrigin>> {
+    for &fault in FAULT_LIKE {
+        let number = fault as i32;
+        // SAFETY: SIG_DFL installs no code; the guard only makes async-signal-safe calls.
+        unsafe {
+            libc::signal(number, libc::SIG_DFL);
+            signal_hook_registry::register_sigaction(number, move |info| {
+                if !matches!(info.si_code, libc::SI_USER | libc::SI_QUEUE) {
+                    crash(number);
+                }
+            })?;
+        }
+    }
+    let caught = FORWARDED
+        .iter()
+        .map(|&s| s as i32)
+        .chain(realtime())
+        .chain([Signal::SIGCHLD as i32]);
+    SignalsInfo::<WithOrigin>::new(caught)
+}
+
+/// Ends lameduck with `number` as if no handler had been installed: the default action,
+/// unblocked, raised again. PID 1 ignores a signal it sends itself, so then abort(3), whose
+/// last resort (a faulting instruction) the kernel delivers even to PID 1.
+fn crash(number: i32) {
+    // SAFETY: signal, sigprocmask, raise and abort are async-signal-safe.
+    unsafe {
+        libc::signal(number, libc::SIG_DFL);
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, number);
+        libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+        libc::raise(number);
+        libc::abort();
+    }
+}
 
 /// Whether `signal`, received by lameduck, asks it to stop rather than to be forwarded: SIGTERM
 /// and SIGINT, and the app's own stop signal, which a container runtime sends in their place
@@ -181,6 +324,25 @@ mod tests {
                 proptest::prop_assert_eq!(rule, Ok(Rewrite { from: signal, to: signal }));
             }
         }
+    }
+
+    #[test]
+    fn signal_hook_allows_every_caught_signal() {
+        for number in FORWARDED.iter().map(|&s| s as i32).chain(realtime()) {
+            assert!(
+                !signal_hook::consts::FORBIDDEN.contains(&number),
+                "{number}"
+            );
+        }
+    }
+
+    #[test]
+    fn realtime_signals_are_named_from_rtmin() {
+        assert_eq!(realtime_name(libc::SIGRTMIN()), Some("RTMIN"));
+        assert_eq!(realtime_name(libc::SIGRTMIN() + 5), Some("RTMIN+5"));
+        assert!(realtime_name(libc::SIGRTMAX()).is_some());
+        assert_eq!(realtime_name(Signal::SIGTERM as i32), None);
+        assert_eq!(realtime_name(libc::SIGRTMAX() + 1), None);
     }
 
     #[test]

@@ -172,10 +172,15 @@ impl Supervisor {
     }
 
     /// Turns one delivered signal into an event: SIGCHLD becomes a reap, a SIGPIPE that
-    /// lameduck's own write raised is dropped, everything else is reported as received.
+    /// lameduck's own write raised is dropped, a real-time signal is forwarded at once (it
+    /// never starts a drain, so no phase changes what happens to it), everything else is
+    /// reported as received.
     fn signal_event(&self, origin: Option<Origin>) -> Option<Event> {
         let origin = origin?;
-        let signal = Signal::try_from(origin.signal).ok()?;
+        let Ok(signal) = Signal::try_from(origin.signal) else {
+            self.forward_realtime(origin.signal);
+            return None;
+        };
         if signal == Signal::SIGCHLD {
             return reaper::sweep(self.app.pid).app_status.map(Event::AppExited);
         }
@@ -187,6 +192,21 @@ impl Supervisor {
             Some(Event::Shutdown(signal))
         } else {
             Some(Event::Signal(signal))
+        }
+    }
+
+    /// Passes real-time signal `number` on to the app, unchanged (`--rewrite` takes 1..=31).
+    fn forward_realtime(&self, number: i32) {
+        let Some(name) = signals::realtime_name(number) else {
+            return;
+        };
+        self.metrics
+            .signals_forwarded
+            .get_or_create(&vec![("signal", name)])
+            .inc();
+        match self.app.signal_realtime(number) {
+            Ok(()) => tracing::debug!(signal = name, "forwarded signal"),
+            Err(err) => tracing::warn!(signal = name, %err, "could not forward signal"),
         }
     }
 

@@ -138,6 +138,12 @@ impl Lameduck {
     /// Starts `lameduck ARGS` in `mode`. Add `--listen 127.0.0.1:0` yourself when endpoints are used;
     /// `start` adds it when no `--listen` is given so tests never collide on a port.
     pub fn start(mode: Mode, args: &[&str]) -> Self {
+        Lameduck::start_with(mode, args, |_| {})
+    }
+
+    /// Like `start`, with `prepare` shaping the command first: what lameduck's parent passes
+    /// on (a `pre_exec` that blocks or ignores signals reaches lameduck through `unshare`).
+    pub fn start_with(mode: Mode, args: &[&str], prepare: impl FnOnce(&mut Command)) -> Self {
         let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         if !args.contains(&"--listen") {
             // After the mode's name, when there is one (`lameduck sidecar --listen ...`).
@@ -166,6 +172,7 @@ impl Lameduck {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        prepare(&mut command);
         let mut process = command.spawn().expect("start lameduck");
         let (stdout, stdout_rx) = Lines::follow(process.stdout.take().expect("stdout"));
         let (stderr, _) = Lines::follow(process.stderr.take().expect("stderr"));
