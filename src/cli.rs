@@ -380,3 +380,70 @@ pub fn parse() -> Cli {
         }
     }
 }
+
+/// Parses a command line as lameduck would, with `env` as its only environment instead of the
+/// process's: how the kubectl plugin and the tests read a container's flags and `LAMEDUCK_*`
+/// variables through this very definition. A flag beats its variable (the last one of a name
+/// counts), which beats the default; a variable of a switch is `true` or `false`.
+pub fn parse_from<S: AsRef<str>>(argv: &[S], env: &[(S, S)]) -> Result<Cli, clap::Error> {
+    use clap::builder::TypedValueParser;
+    use clap::{CommandFactory, FromArgMatches};
+
+    let argv: Vec<&str> = argv.iter().map(AsRef::as_ref).collect();
+    let with_env = Cli::command();
+    let mut command = without_env(with_env.clone());
+    // Which arguments the command line gives, so that their variables are ignored.
+    let matches = command.try_get_matches_from_mut(&argv)?;
+    let mode = argv
+        .get(1)
+        .filter(|word| with_env.find_subcommand(word).is_some());
+    let (definition, matches) = match mode {
+        Some(word) => (
+            with_env.find_subcommand(word).unwrap_or(&with_env),
+            matches.subcommand_matches(word).unwrap_or(&matches),
+        ),
+        None => (&with_env, &matches),
+    };
+    let mut from_env = Vec::new();
+    for arg in definition.get_arguments() {
+        let (Some(variable), Some(long)) = (arg.get_env(), arg.get_long()) else {
+            continue;
+        };
+        let Some((_, value)) = env.iter().rev().find(|(name, _)| name.as_ref() == variable) else {
+            continue;
+        };
+        let id = arg.get_id().as_str();
+        if matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine) {
+            continue;
+        }
+        if arg.get_action().takes_values() {
+            from_env.push(format!("--{long}={}", value.as_ref()));
+        } else if clap::builder::BoolValueParser::new().parse_ref(
+            definition,
+            None,
+            std::ffi::OsStr::new(value.as_ref()),
+        )? {
+            from_env.push(format!("--{long}"));
+        }
+    }
+    // The variables' flags go right after the mode word, before the app's command.
+    let at = 1 + usize::from(mode.is_some());
+    let mut full: Vec<&str> = argv.get(..at).unwrap_or(&argv).to_vec();
+    full.extend(from_env.iter().map(String::as_str));
+    full.extend(argv.get(at..).unwrap_or_default());
+    let matches = command.try_get_matches_from_mut(full)?;
+    Cli::from_arg_matches(&matches)
+}
+
+/// The definition with no argument reading the process's environment.
+fn without_env(command: clap::Command) -> clap::Command {
+    let modes: Vec<String> = command
+        .get_subcommands()
+        .map(|mode| mode.get_name().to_owned())
+        .collect();
+    let mut command = command.mut_args(|arg| arg.env(None));
+    for mode in modes {
+        command = command.mut_subcommand(mode, |mode| mode.mut_args(|arg| arg.env(None)));
+    }
+    command
+}

@@ -1,20 +1,18 @@
 //! lameduck as a manifest shows it: which containers run it and in which role (wrapper,
-//! sidecar, installer), and the settings its flags and `LAMEDUCK_*` variables give it,
-//! resolved as clap would (a flag beats its variable, which beats the default).
+//! sidecar, installer), and the settings its flags and `LAMEDUCK_*` variables give it. Every
+//! flag, variable and value is read through the init's own clap definition
+//! (`lameduck::cli`), so the plugin accepts exactly what lameduck accepts.
 
 use std::net::SocketAddr;
-use std::str::FromStr;
 use std::time::Duration;
 
-use clap::ValueEnum;
+use clap::CommandFactory;
 use nix::sys::signal::Signal;
 
 use super::manifest::{Container, Path};
 use super::yaml::Node;
-use ::lameduck::cli::{LogFormat, LogLevel, ReadinessDuringDelay, Token};
-use ::lameduck::duration;
-use ::lameduck::readiness::ReadyCheck;
-use ::lameduck::signals::{Rewrite, Rewrites, SignalArg};
+use ::lameduck::cli::{self, Cli, DrainArgs, Mode, ReadinessDuringDelay};
+use ::lameduck::signals::Rewrites;
 
 /// How a container runs lameduck.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -85,119 +83,89 @@ pub struct Lameduck {
     pub problems: Vec<(Path, String)>,
 }
 
-/// What a flag's value must look like.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Expects {
-    Duration,
-    Signal,
-    Address,
-    ReadinessMode,
-    Rewrite,
-    ReadyCheck,
-    Port,
-    LogFormat,
-    LogLevel,
-    Token,
-    Text,
-    /// A flag without a value.
-    Switch,
-}
-
-/// Which of lameduck's command lines take a flag.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Modes {
-    Both,
-    WrapperOnly,
-    SidecarOnly,
-}
-
-/// One lameduck flag; its variable is `LAMEDUCK_` and the name in upper snake case.
+/// One of lameduck's flags as its clap definition has it.
 struct Flag {
-    name: &'static str,
-    expects: Expects,
-    modes: Modes,
+    long: String,
+    /// Its `LAMEDUCK_*` variable.
+    env: Option<String>,
+    /// Whether it takes a value (it is not a switch).
+    takes_value: bool,
 }
 
-const fn flag(name: &'static str, expects: Expects, modes: Modes) -> Flag {
-    Flag {
-        name,
-        expects,
-        modes,
-    }
+/// The flags of a command line of lameduck: the wrapper's, or those of a mode like `sidecar`.
+fn flags(mode: Option<&str>) -> Vec<Flag> {
+    let command = Cli::command();
+    let command = match mode {
+        Some(mode) => command.find_subcommand(mode).cloned().unwrap_or_default(),
+        None => command,
+    };
+    command
+        .get_arguments()
+        .filter_map(|arg| {
+            let long = arg.get_long()?;
+            (!matches!(long, "help" | "version")).then(|| Flag {
+                long: long.to_owned(),
+                env: arg
+                    .get_env()
+                    .and_then(|env| env.to_str())
+                    .map(str::to_owned),
+                takes_value: arg.get_action().takes_values(),
+            })
+        })
+        .collect()
 }
 
-/// Every flag lameduck takes (a unit test checks this against the clap definitions).
-const FLAGS: &[Flag] = &[
-    flag("listen", Expects::Address, Modes::Both),
-    flag("shutdown-delay", Expects::Duration, Modes::Both),
-    flag("drain-timeout", Expects::Duration, Modes::Both),
-    flag("stop-signal", Expects::Signal, Modes::Both),
-    flag(
-        "readiness-during-delay",
-        Expects::ReadinessMode,
-        Modes::Both,
-    ),
-    flag("grace-period", Expects::Duration, Modes::Both),
-    flag("prestop-token", Expects::Token, Modes::Both),
-    flag("log-format", Expects::LogFormat, Modes::Both),
-    flag("log-level", Expects::LogLevel, Modes::Both),
-    flag("group", Expects::Switch, Modes::WrapperOnly),
-    flag("rewrite", Expects::Rewrite, Modes::WrapperOnly),
-    flag("ready-check", Expects::ReadyCheck, Modes::WrapperOnly),
-    flag("ready-interval", Expects::Duration, Modes::WrapperOnly),
-    flag("quiet-period", Expects::Duration, Modes::WrapperOnly),
-    flag("min-delay", Expects::Duration, Modes::WrapperOnly),
-    flag("app-port", Expects::Port, Modes::WrapperOnly),
-    flag("pid-file", Expects::Text, Modes::SidecarOnly),
-    flag("process-name", Expects::Text, Modes::SidecarOnly),
-];
-
-/// Flags that exclude each other.
-const CONFLICTS: &[(&str, &str)] = &[("pid-file", "process-name")];
-
-impl Flag {
-    /// Whether `role`'s command line takes this flag.
-    fn taken_by(&self, role: &Role) -> bool {
-        match self.modes {
-            Modes::Both => true,
-            Modes::WrapperOnly => *role == Role::Wrapper,
-            Modes::SidecarOnly => *role == Role::Sidecar,
+impl Role {
+    /// The mode word of this role's command line.
+    fn mode(&self) -> Option<&'static str> {
+        match self {
+            Role::Wrapper => None,
+            Role::Sidecar => Some("sidecar"),
+            Role::Install { .. } => Some("install"),
         }
     }
 
-    /// Whether one value holds a comma-separated list, on the command line and in the variable.
-    fn delimited(&self) -> bool {
-        matches!(self.expects, Expects::Rewrite | Expects::Port)
+    /// The shortest command line of this role that lameduck accepts.
+    fn argv(&self) -> Vec<String> {
+        let mut argv = vec!["lameduck".to_owned()];
+        match self {
+            Role::Wrapper => {}
+            Role::Sidecar => argv.push("sidecar".into()),
+            Role::Install { .. } => argv.extend(["install".into(), "/dir".into()]),
+        }
+        argv
     }
 
-    fn env(&self) -> String {
-        format!(
-            "LAMEDUCK_{}",
-            self.name.to_ascii_uppercase().replace('-', "_")
-        )
-    }
-
-    /// Checks one value the way lameduck's own parsers will.
-    fn check(&self, text: &str) -> Result<(), String> {
-        match self.expects {
-            Expects::Duration => duration::parse(text).map(drop),
-            Expects::Signal => SignalArg::from_str(text).map(drop),
-            Expects::Address => SocketAddr::from_str(text)
-                .map(drop)
-                .map_err(|_| format!("'{text}' is not an address like 0.0.0.0:8099")),
-            Expects::ReadinessMode => ReadinessDuringDelay::from_str(text, false).map(drop),
-            Expects::Rewrite => Rewrite::from_str(text).map(drop),
-            Expects::ReadyCheck => ReadyCheck::from_str(text).map(drop),
-            Expects::Port => text
-                .parse::<u16>()
-                .map(drop)
-                .map_err(|_| format!("'{text}' is not a port number")),
-            Expects::Token => Token::from_str(text).map(drop),
-            Expects::LogFormat => LogFormat::from_str(text, false).map(drop),
-            Expects::LogLevel => LogLevel::from_str(text, false).map(drop),
-            Expects::Text | Expects::Switch => Ok(()),
+    /// The app command that closes a wrapper's command line.
+    fn app(&self) -> &'static [&'static str] {
+        match self {
+            Role::Wrapper => &["--", "app"],
+            _ => &[],
         }
     }
+
+    /// Parses `words` (flags, each `--flag=value` or a switch) and `env` as lameduck would.
+    fn parse(&self, words: &[String], env: &[(String, String)]) -> Result<Cli, clap::Error> {
+        let mut argv = self.argv();
+        argv.extend(words.iter().cloned());
+        argv.extend(self.app().iter().map(|&word| word.to_owned()));
+        cli::parse_from(&argv, env)
+    }
+}
+
+/// Why lameduck refuses a command line, in one line: the value parser's own words when a
+/// value is wrong, else clap's first line.
+fn reason(err: &clap::Error) -> String {
+    if let Some(source) = std::error::Error::source(err) {
+        return source.to_string();
+    }
+    let rendered = err.render().to_string();
+    let first = rendered
+        .lines()
+        .map(str::trim)
+        .find(|line| !line.is_empty())
+        .unwrap_or("invalid arguments");
+    first.strip_prefix("error: ").unwrap_or(first).to_owned()
 }
 
 /// One word of a container's argv and where it is written.
@@ -211,6 +179,22 @@ struct Arg<'a> {
 enum Raw<'a> {
     Text(&'a str),
     RunTime,
+}
+
+/// Where a value comes from: the command line (as `--flag=value`) or a variable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Source {
+    Line,
+    Env,
+}
+
+/// One value given to a flag, with where it is written and whether lameduck takes it.
+struct Given<'a> {
+    flag: usize,
+    source: Source,
+    raw: Raw<'a>,
+    path: Path,
+    accepted: bool,
 }
 
 /// Reads lameduck from a container, when the container runs it.
@@ -236,33 +220,31 @@ pub fn read(container: &Container<'_>) -> Option<Lameduck> {
         "args"
     };
     let command_path = container.path.key(field);
-    let mut problems = Vec::new();
-    if let Role::Install { dir } = &role
+    let mut reader = Reader {
+        flags: match role {
+            Role::Install { .. } => Vec::new(),
+            _ => flags(role.mode()),
+        },
+        role,
+        given: Vec::new(),
+        default_path: command_path,
+        problems: Vec::new(),
+    };
+    if let Role::Install { dir } = &reader.role
         && dir.is_empty()
     {
-        problems.push((command_path.clone(), "install needs a DIR".to_owned()));
+        let path = reader.default_path.clone();
+        reader.problem(path, "install needs a DIR".to_owned());
     }
-    let flags = read_flags(
-        argv.get(flags_from..).unwrap_or_default(),
-        &role,
-        &mut problems,
-        &command_path,
-    );
-    let env = read_env(container);
-    let mut resolver = Resolver {
-        role: role.clone(),
-        flags,
-        env,
-        default_path: command_path,
-        problems,
-    };
-    let settings = resolver.settings();
+    reader.read_line(argv.get(flags_from..).unwrap_or_default());
+    reader.read_env(container);
+    let settings = reader.settings();
     Some(Lameduck {
-        role,
+        role: reader.role,
         program,
-        argv_path: resolver.default_path,
+        argv_path: reader.default_path,
         settings,
-        problems: resolver.problems,
+        problems: reader.problems,
     })
 }
 
@@ -304,86 +286,6 @@ fn argv<'a>(container: &Container<'a>) -> Option<Vec<Arg<'a>>> {
     (program.rsplit('/').next() == Some("lameduck")).then_some(argv)
 }
 
-/// The flags on the command line, in order, each with where its value is.
-fn read_flags<'a>(
-    args: &[Arg<'a>],
-    role: &Role,
-    problems: &mut Vec<(Path, String)>,
-    command_path: &Path,
-) -> Vec<(&'static Flag, Raw<'a>, Path)> {
-    let mut flags = Vec::new();
-    let mut words = args.iter();
-    let mut app_command = false;
-    while let Some(arg) = words.next() {
-        if arg.text == "--" {
-            app_command = words.next().is_some();
-            break;
-        }
-        let Some(spec) = arg.text.strip_prefix("--") else {
-            if *role == Role::Wrapper && !(arg.text.starts_with('-') && arg.text.len() > 1) {
-                // The first word that is not a flag starts the app's command.
-                app_command = true;
-                break;
-            }
-            problems.push((
-                arg.path.clone(),
-                format!("unexpected argument '{}'", arg.text),
-            ));
-            continue;
-        };
-        let (name, inline) = match spec.split_once('=') {
-            Some((name, value)) => (name, Some(value)),
-            None => (spec, None),
-        };
-        let Some(flag) = FLAGS.iter().find(|f| f.name == name && f.taken_by(role)) else {
-            let known = FLAGS.iter().find(|f| f.name == name);
-            let reason = match known.map(|f| f.modes) {
-                Some(Modes::SidecarOnly) => {
-                    format!("--{name} is a flag of `lameduck sidecar` only")
-                }
-                Some(_) => format!("--{name} is not a flag of `lameduck sidecar`"),
-                None => format!("unknown flag --{name}"),
-            };
-            problems.push((arg.path.clone(), reason));
-            continue;
-        };
-        if flag.expects == Expects::Switch {
-            if inline.is_some() {
-                problems.push((arg.path.clone(), format!("--{name} takes no value")));
-            }
-            flags.push((flag, Raw::Text(""), arg.path.clone()));
-            continue;
-        }
-        let (value, path) = match inline {
-            Some(value) => (Some(value), arg.path.clone()),
-            None => match words.next() {
-                Some(next) => (Some(next.text), next.path.clone()),
-                None => (None, arg.path.clone()),
-            },
-        };
-        match value {
-            Some(value) => flags.push((flag, raw(value), path)),
-            None => problems.push((path, format!("--{name} needs a value"))),
-        }
-    }
-    for (a, b) in CONFLICTS {
-        let given = |name: &str| flags.iter().any(|(f, _, _)| f.name == name);
-        if given(a) && given(b) {
-            problems.push((
-                command_path.clone(),
-                format!("--{a} and --{b} exclude each other"),
-            ));
-        }
-    }
-    if *role == Role::Wrapper && !app_command {
-        problems.push((
-            command_path.clone(),
-            "no app command: write it after `--`".to_owned(),
-        ));
-    }
-    flags
-}
-
 /// A value Kubernetes substitutes at run time (`$(VAR)`) is not known here.
 fn raw(text: &str) -> Raw<'_> {
     if text.contains("$(") {
@@ -393,187 +295,298 @@ fn raw(text: &str) -> Raw<'_> {
     }
 }
 
-/// The `LAMEDUCK_*` variables in the container's `env`, with where each is set.
-fn read_env<'a>(container: &Container<'a>) -> Vec<(&'a str, Raw<'a>, Path)> {
-    let env = container
-        .node
-        .get("env")
-        .map(Node::items)
-        .unwrap_or_default();
-    env.iter()
-        .enumerate()
-        .filter_map(|(index, var)| {
-            let name = var.get("name")?.text()?;
-            if !name.starts_with("LAMEDUCK_") {
-                return None;
+/// Reads one container's lameduck flags and variables, value by value, so that each problem
+/// has the path where it is written.
+struct Reader<'a> {
+    role: Role,
+    flags: Vec<Flag>,
+    given: Vec<Given<'a>>,
+    default_path: Path,
+    problems: Vec<(Path, String)>,
+}
+
+impl<'a> Reader<'a> {
+    fn problem(&mut self, path: Path, reason: String) {
+        let problem = (path, reason);
+        if !self.problems.contains(&problem) {
+            self.problems.push(problem);
+        }
+    }
+
+    /// The flags on the command line, in order, each value checked by lameduck's parser.
+    fn read_line(&mut self, args: &[Arg<'a>]) {
+        let mut words = args.iter();
+        let mut app_command = false;
+        while let Some(arg) = words.next() {
+            if arg.text == "--" {
+                app_command = words.next().is_some();
+                break;
             }
-            let path = container.path.key("env").index(index);
+            let Some(spec) = arg.text.strip_prefix("--") else {
+                if self.role == Role::Wrapper && !(arg.text.starts_with('-') && arg.text.len() > 1)
+                {
+                    // The first word that is not a flag starts the app's command.
+                    app_command = true;
+                    break;
+                }
+                self.problem(
+                    arg.path.clone(),
+                    format!("unexpected argument '{}'", arg.text),
+                );
+                continue;
+            };
+            let (name, inline) = match spec.split_once('=') {
+                Some((name, value)) => (name, Some(value)),
+                None => (spec, None),
+            };
+            let Some(flag) = self.flags.iter().position(|f| f.long == name) else {
+                let reason = self.not_taken(name);
+                self.problem(arg.path.clone(), reason);
+                continue;
+            };
+            if !self.flags[flag].takes_value {
+                if inline.is_some() {
+                    self.problem(arg.path.clone(), format!("--{name} takes no value"));
+                }
+                self.give(flag, Source::Line, Raw::Text(""), arg.path.clone());
+                continue;
+            }
+            let (value, path) = match inline {
+                Some(value) => (Some(value), arg.path.clone()),
+                None => match words.next() {
+                    Some(next) => (Some(next.text), next.path.clone()),
+                    None => (None, arg.path.clone()),
+                },
+            };
+            match value {
+                Some(value) => self.give(flag, Source::Line, raw(value), path),
+                None => self.problem(path, format!("--{name} needs a value")),
+            }
+        }
+        if self.role == Role::Wrapper && !app_command {
+            let path = self.default_path.clone();
+            self.problem(path, "no app command: write it after `--`".to_owned());
+        }
+    }
+
+    /// Why a flag this role does not take is wrong here.
+    fn not_taken(&self, name: &str) -> String {
+        let in_mode = |mode| flags(mode).iter().any(|f| f.long == name);
+        match self.role {
+            Role::Wrapper if in_mode(Some("sidecar")) => {
+                format!("--{name} is a flag of `lameduck sidecar` only")
+            }
+            Role::Sidecar if in_mode(None) => {
+                format!("--{name} is not a flag of `lameduck sidecar`")
+            }
+            _ => format!("unknown flag --{name}"),
+        }
+    }
+
+    /// The `LAMEDUCK_*` variables in the container's `env` that lameduck reads: a flag's
+    /// variable counts only when the command line does not give the flag.
+    fn read_env(&mut self, container: &Container<'a>) {
+        let env = container
+            .node
+            .get("env")
+            .map(Node::items)
+            .unwrap_or_default();
+        let mut vars: Vec<(usize, Raw<'a>, Path)> = Vec::new();
+        for (index, var) in env.iter().enumerate() {
+            let Some(name) = var.get("name").and_then(Node::text) else {
+                continue;
+            };
+            let Some(flag) = self
+                .flags
+                .iter()
+                .position(|f| f.env.as_deref() == Some(name))
+            else {
+                continue;
+            };
+            let path = container.path.key("env").index(index).key("value");
             let value = match var.get("value") {
                 Some(value) => raw(value.text().unwrap_or_default()),
                 None if var.get("valueFrom").is_some() => Raw::RunTime,
                 // An env entry with neither is the empty string.
                 None => Raw::Text(""),
             };
-            Some((name, value, path.key("value")))
-        })
-        .collect()
-}
-
-/// Resolves each setting from the flags, then the variables, then the default.
-struct Resolver<'a> {
-    role: Role,
-    flags: Vec<(&'static Flag, Raw<'a>, Path)>,
-    env: Vec<(&'a str, Raw<'a>, Path)>,
-    default_path: Path,
-    problems: Vec<(Path, String)>,
-}
-
-impl<'a> Resolver<'a> {
-    fn settings(&mut self) -> Settings {
-        // Every value is checked, also of flags no rule reads, so a typo is caught.
-        for flag in FLAGS {
-            if flag.taken_by(&self.role) {
-                let _ = self.values(flag);
+            // The last entry of a name wins, as in the container's environment.
+            vars.retain(|(other, ..)| *other != flag);
+            vars.push((flag, value, path));
+        }
+        for (flag, value, path) in vars {
+            if !self.given.iter().any(|g| g.flag == flag) {
+                self.give(flag, Source::Env, value, path);
             }
         }
-        let rewrites = self.rewrites();
-        let stop_signal = match self.given("stop-signal") {
-            Some((Raw::Text(text), path)) => Setting {
-                value: SignalArg::from_str(text).ok().map(|s| s.0),
+    }
+
+    /// Records one value, checked alone by lameduck's own parser when it is known.
+    fn give(&mut self, flag: usize, source: Source, raw: Raw<'a>, path: Path) {
+        let mut accepted = true;
+        if let Raw::Text(text) = raw {
+            let (words, env) = self.words(flag, source, text);
+            if let Err(err) = self.role.parse(&words, &env) {
+                accepted = false;
+                let label = match source {
+                    Source::Line => format!("--{}", self.flags[flag].long),
+                    Source::Env => self.flags[flag].env.clone().unwrap_or_default(),
+                };
+                self.problem(path.clone(), format!("{label}: {}", reason(&err)));
+            }
+        }
+        self.given.push(Given {
+            flag,
+            source,
+            raw,
+            path,
+            accepted,
+        });
+    }
+
+    /// One value as lameduck's command line or environment holds it.
+    fn words(
+        &self,
+        flag: usize,
+        source: Source,
+        text: &str,
+    ) -> (Vec<String>, Vec<(String, String)>) {
+        let flag = &self.flags[flag];
+        match source {
+            Source::Line if flag.takes_value => (vec![format!("--{}={text}", flag.long)], vec![]),
+            Source::Line => (vec![format!("--{}", flag.long)], vec![]),
+            Source::Env => (
+                vec![],
+                vec![(flag.env.clone().unwrap_or_default(), text.to_owned())],
+            ),
+        }
+    }
+
+    /// The settings in effect, parsed by lameduck from every value it takes. A setting whose
+    /// value is only known at run time, or is wrong, is unknown (`None`).
+    fn settings(&mut self) -> Settings {
+        let mut words = Vec::new();
+        let mut env = Vec::new();
+        for given in self.given.iter().filter(|g| g.accepted) {
+            if let Raw::Text(text) = given.raw {
+                let (w, e) = self.words(given.flag, given.source, text);
+                words.extend(w);
+                env.extend(e);
+            }
+        }
+        let parsed = match self.role.parse(&words, &env) {
+            Ok(parsed) => Some(parsed),
+            Err(err) => {
+                // Each value parses alone, so what is left is how they combine (a conflict):
+                // none of them is known to hold.
+                let path = self.default_path.clone();
+                self.problem(path, reason(&err));
+                self.given.iter_mut().for_each(|g| g.accepted = false);
+                None
+            }
+        };
+        // The drain settings: parsed, else the defaults (also those of `install`).
+        let defaults = Role::Wrapper.parse(&[], &[]).ok();
+        let drain: Option<&DrainArgs> = match &parsed {
+            Some(Cli { mode: None, wrap }) => Some(&wrap.drain),
+            Some(Cli {
+                mode: Some(Mode::Sidecar(args)),
+                ..
+            }) => Some(&args.drain),
+            _ => defaults.as_ref().map(|cli| &cli.wrap.drain),
+        };
+        let rewrites = match (&parsed, self.known("rewrite")) {
+            (Some(cli), true) if self.role == Role::Wrapper => {
+                Some(Rewrites::new(&cli.wrap.rewrites))
+            }
+            (_, true) => Some(Rewrites::default()),
+            (_, false) => None,
+        };
+        let stop_signal = match self.in_effect("stop-signal") {
+            Some(path) => Setting {
+                value: self
+                    .known("stop-signal")
+                    .then(|| drain?.stop_signal.map(|s| s.0))
+                    .flatten(),
                 path,
             },
-            Some((Raw::RunTime, path)) => Setting { value: None, path },
             None => Setting {
                 value: rewrites.map(|r| r.apply(Signal::SIGTERM)),
                 path: self.default_path.clone(),
             },
         };
         Settings {
-            listen: self.setting("listen", "0.0.0.0:8099", |t| SocketAddr::from_str(t).ok()),
-            shutdown_delay: self.setting("shutdown-delay", "5s", |t| duration::parse(t).ok()),
-            drain_timeout: self.setting("drain-timeout", "20s", |t| duration::parse(t).ok()),
+            listen: self.setting("listen", drain.map(|d| d.listen)),
+            shutdown_delay: self.setting("shutdown-delay", drain.map(|d| d.shutdown_delay)),
+            drain_timeout: self.setting("drain-timeout", drain.map(|d| d.drain_timeout)),
             stop_signal,
-            readiness_during_delay: self.setting("readiness-during-delay", "fail", |t| {
-                ReadinessDuringDelay::from_str(t, false).ok()
-            }),
-            grace_period: self.given("grace-period").map(|(raw, path)| Setting {
-                value: match raw {
-                    Raw::Text(text) => duration::parse(text).ok(),
-                    Raw::RunTime => None,
-                },
+            readiness_during_delay: self.setting(
+                "readiness-during-delay",
+                drain.map(|d| d.readiness_during_delay),
+            ),
+            grace_period: self
+                .in_effect("grace-period")
+                .map(|_| self.setting("grace-period", drain.and_then(|d| d.grace_period))),
+            prestop_token: self.in_effect("prestop-token").is_some(),
+            pid_file: self.in_effect("pid-file").map(|path| Setting {
+                value: self
+                    .known("pid-file")
+                    .then(|| self.text("pid-file"))
+                    .flatten(),
                 path,
             }),
-            prestop_token: self.given("prestop-token").is_some(),
-            pid_file: self.given("pid-file").map(|(raw, path)| Setting {
-                value: match raw {
-                    Raw::Text(text) => Some(text.to_owned()),
-                    Raw::RunTime => None,
-                },
-                path,
-            }),
-            process_name: self.given("process-name").is_some(),
+            process_name: self.in_effect("process-name").is_some(),
         }
     }
 
-    /// The values of a flag in effect: every occurrence on the command line, else its
-    /// variable (split at commas for `--rewrite`), each checked and reported when wrong.
-    fn values(&mut self, flag: &Flag) -> Vec<(Raw<'a>, Path)> {
-        let on_line: Vec<_> = self
-            .flags
-            .iter()
-            .filter(|(f, ..)| f.name == flag.name)
-            .map(|(_, raw, path)| (raw.clone(), path.clone()))
-            .collect();
-        let env = flag.env();
-        let label = if on_line.is_empty() {
-            env.clone()
-        } else {
-            format!("--{}", flag.name)
-        };
-        let values = if on_line.is_empty() {
-            self.env
-                .iter()
-                .rev()
-                .find(|(name, ..)| *name == env)
-                .map(|(_, raw, path)| vec![(raw.clone(), path.clone())])
-                .unwrap_or_default()
-        } else {
-            on_line
-        };
-        let values: Vec<_> = values
-            .into_iter()
-            .flat_map(|(raw, path)| match raw {
-                Raw::Text(text) if flag.delimited() => text
-                    .split(',')
-                    .map(|part| (Raw::Text(part), path.clone()))
-                    .collect(),
-                _ => vec![(raw, path)],
-            })
-            .collect();
-        for (raw, path) in &values {
-            if let Raw::Text(text) = raw
-                && let Err(reason) = flag.check(text)
-            {
-                let problem = (path.clone(), format!("{label}: {reason}"));
-                if !self.problems.contains(&problem) {
-                    self.problems.push(problem);
-                }
-            }
-        }
-        values
+    fn index(&self, long: &str) -> Option<usize> {
+        self.flags.iter().position(|f| f.long == long)
     }
 
-    /// The value in effect for a single-valued flag (the last one given wins), when given.
-    fn given(&mut self, name: &str) -> Option<(Raw<'a>, Path)> {
-        let flag = FLAGS
+    /// Where the value in effect of a flag is written (the last one given), when it is given.
+    fn in_effect(&self, long: &str) -> Option<Path> {
+        let flag = self.index(long)?;
+        self.given
             .iter()
-            .find(|f| f.name == name && f.taken_by(&self.role))?;
-        self.values(flag).pop()
+            .rev()
+            .find(|g| g.flag == flag)
+            .map(|g| g.path.clone())
     }
 
-    /// A setting with a default, parsed by `parse`.
-    fn setting<T>(
-        &mut self,
-        name: &str,
-        default: &str,
-        parse: impl Fn(&str) -> Option<T>,
-    ) -> Setting<T> {
-        match self.given(name) {
-            Some((Raw::Text(text), path)) => Setting {
-                value: parse(text),
-                path,
-            },
-            Some((Raw::RunTime, path)) => Setting { value: None, path },
-            None => Setting {
-                value: parse(default),
-                path: self.default_path.clone(),
-            },
+    /// Whether every value given to a flag is known here and taken by lameduck.
+    fn known(&self, long: &str) -> bool {
+        let Some(flag) = self.index(long) else {
+            return true;
+        };
+        self.given
+            .iter()
+            .filter(|g| g.flag == flag)
+            .all(|g| g.accepted && matches!(g.raw, Raw::Text(_)))
+    }
+
+    /// The text of the value in effect of a flag.
+    fn text(&self, long: &str) -> Option<String> {
+        let flag = self.index(long)?;
+        match self.given.iter().rev().find(|g| g.flag == flag)?.raw {
+            Raw::Text(text) => Some(text.to_owned()),
+            Raw::RunTime => None,
         }
     }
 
-    /// The rewrite table, or `None` when part of it is only known at run time or wrong.
-    fn rewrites(&mut self) -> Option<Rewrites> {
-        let Some(flag) = FLAGS
-            .iter()
-            .find(|f| f.name == "rewrite" && f.taken_by(&self.role))
-        else {
-            return Some(Rewrites::default());
-        };
-        let rules = self
-            .values(flag)
-            .into_iter()
-            .map(|(raw, _)| match raw {
-                Raw::Text(text) => Rewrite::from_str(text).ok(),
-                Raw::RunTime => None,
-            })
-            .collect::<Option<Vec<_>>>()?;
-        Some(Rewrites::new(&rules))
+    /// A setting with a default: its value as lameduck parsed it, unknown when it is not
+    /// known here, and the path where it is written or a flag would go.
+    fn setting<T>(&self, long: &str, parsed: Option<T>) -> Setting<T> {
+        Setting {
+            value: parsed.filter(|_| self.known(long)),
+            path: self
+                .in_effect(long)
+                .unwrap_or_else(|| self.default_path.clone()),
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use clap::CommandFactory;
 
     use super::*;
     use crate::lint::manifest::{Kind, Object};
@@ -675,53 +688,179 @@ mod tests {
         assert_eq!(ld.settings.shutdown_delay.value, None);
     }
 
-    /// The flag table must say what clap says: every flag of each command line, its
-    /// variable, whether it takes a value, and which flags exclude each other. Otherwise lint
-    /// would call a valid manifest wrong, or miss a flag lameduck refuses.
+    /// A container running lameduck in `role` with `words` after the mode and `env`.
+    fn container(role: &Role, words: &[String], env: Option<(&str, &str)>) -> Option<Lameduck> {
+        let quote = |text: &str| format!("'{}'", text.replace('\'', "''"));
+        let mut argv: Vec<String> = role.argv().iter().map(|w| quote(w)).collect();
+        argv.extend(words.iter().map(|w| quote(w)));
+        argv.extend(role.app().iter().map(|w| quote(w)));
+        let env = env.map_or_else(String::new, |(name, value)| {
+            format!(", env: [{{name: {name}, value: {}}}]", quote(value))
+        });
+        lameduck(&format!("{{command: [{}]{env}}}", argv.join(", ")))
+    }
+
+    /// Values of every kind lameduck's flags take, and some they refuse.
+    const SAMPLES: &[&str] = &[
+        "5s",
+        "1m30s",
+        "250ms",
+        "0",
+        "5",
+        "5x",
+        "-1s",
+        "QUIT",
+        "SIGTERM",
+        "9",
+        "NOPE",
+        "HUP:USR1",
+        "TERM:QUIT,INT:QUIT",
+        "HUP",
+        "8080",
+        "8080,8443",
+        "70000",
+        "tcp://127.0.0.1:80",
+        "http://localhost:8080/healthz",
+        "ftp://x",
+        "127.0.0.1:0",
+        "[::1]:8099",
+        "0.0.0.0",
+        "text",
+        "json",
+        "debug",
+        "pass",
+        "fail",
+        "s3cret",
+        "two words",
+        "/run/nginx.pid",
+        "nginx",
+        "",
+        "true",
+        "false",
+    ];
+
+    /// Every flag of lameduck's clap definition, on the command line and as its variable, is
+    /// accepted by lint exactly when lameduck's own parser accepts it, and the settings lint
+    /// reads are the values lameduck parses. A flag added to the init is thereby read by
+    /// lint too, or this test names it.
     #[test]
-    fn the_flag_table_matches_the_command_line() {
-        let cli = ::lameduck::cli::Cli::command();
-        let sidecar = cli
-            .find_subcommand("sidecar")
-            .expect("a sidecar mode")
-            .clone();
-        for (role, command) in [(Role::Wrapper, &cli), (Role::Sidecar, &sidecar)] {
-            let longs: Vec<&str> = command
-                .get_arguments()
-                .filter_map(|a| a.get_long())
-                .collect();
+    fn lint_reads_every_flag_as_the_init_s_clap_definition_does() {
+        let definition = Cli::command();
+        for role in [Role::Wrapper, Role::Sidecar] {
+            let command = match role.mode() {
+                Some(mode) => definition.find_subcommand(mode).unwrap().clone(),
+                None => definition.clone(),
+            };
+            let mut flags = 0;
             for arg in command.get_arguments() {
-                let Some(long) = arg.get_long() else {
+                let Some(long) = arg.get_long().filter(|l| !matches!(*l, "help" | "version"))
+                else {
                     continue;
                 };
-                if matches!(long, "help" | "version") {
-                    continue;
-                }
-                let flag = FLAGS
-                    .iter()
-                    .find(|f| f.name == long && f.taken_by(&role))
-                    .unwrap_or_else(|| panic!("--{long} of {role:?} is missing from FLAGS"));
-                let env = arg.get_env().and_then(|e| e.to_str());
-                assert_eq!(env, Some(flag.env().as_str()), "--{long}");
-                let delimiter = arg.get_value_delimiter();
-                assert_eq!(delimiter == Some(','), flag.delimited(), "--{long}");
+                flags += 1;
+                let variable = arg.get_env().and_then(|e| e.to_str()).unwrap();
                 let takes_value = arg.get_action().takes_values();
-                assert_eq!(takes_value, flag.expects != Expects::Switch, "--{long}");
-                for other in command.get_arg_conflicts_with(arg) {
-                    let other = other.get_long().unwrap_or_default();
-                    assert!(
-                        CONFLICTS.contains(&(long, other)) || CONFLICTS.contains(&(other, long)),
-                        "--{long} and --{other} conflict in clap but not in CONFLICTS"
+                let mut accepted = 0;
+                for sample in SAMPLES {
+                    let word = if takes_value {
+                        format!("--{long}={sample}")
+                    } else if sample.is_empty() {
+                        format!("--{long}")
+                    } else {
+                        format!("--{long}={sample}")
+                    };
+                    let mut argv = role.argv();
+                    argv.push(word.clone());
+                    argv.extend(role.app().iter().map(|w| (*w).to_owned()));
+                    let clap = command_of(&role).try_get_matches_from(&argv);
+                    let lint = container(&role, std::slice::from_ref(&word), None).unwrap();
+                    assert_eq!(
+                        lint.problems.is_empty(),
+                        clap.is_ok(),
+                        "{role:?} {word}: lint says {:?}, clap says {:?}",
+                        lint.problems,
+                        clap.err().map(|e| e.to_string())
+                    );
+                    if lint.problems.is_empty() {
+                        accepted += 1;
+                        assert_same_settings(&lint, &argv);
+                    }
+                    // Its variable takes what the flag takes (a switch's takes true or false).
+                    let env = container(&role, &[], Some((variable, sample))).unwrap();
+                    let expected = if takes_value {
+                        lint.problems.is_empty()
+                    } else {
+                        matches!(*sample, "true" | "false")
+                    };
+                    assert_eq!(
+                        env.problems.is_empty(),
+                        expected,
+                        "{role:?} {variable}={sample}: {:?}",
+                        env.problems
                     );
                 }
-            }
-            for flag in FLAGS.iter().filter(|f| f.taken_by(&role)) {
                 assert!(
-                    longs.contains(&flag.name),
-                    "--{} is in FLAGS for {role:?} but not on its command line",
-                    flag.name
+                    accepted > 0,
+                    "no sample value fits --{long}: add one to SAMPLES"
                 );
             }
+            assert!(flags >= 9, "{role:?}: only {flags} flags found");
         }
+    }
+
+    /// The raw clap definition of a role's command line, reading no environment.
+    fn command_of(role: &Role) -> clap::Command {
+        let command = Cli::command().mut_args(|a| a.env(None));
+        match role.mode() {
+            Some(mode) => command.mut_subcommand(mode, |m| m.mut_args(|a| a.env(None))),
+            None => command,
+        }
+    }
+
+    /// The settings lint read are those lameduck's parser gives the same command line.
+    fn assert_same_settings(lint: &Lameduck, argv: &[String]) {
+        use clap::FromArgMatches;
+        let matches = command_of(&lint.role).try_get_matches_from(argv).unwrap();
+        let cli = Cli::from_arg_matches(&matches).unwrap();
+        let drain = match &cli.mode {
+            Some(Mode::Sidecar(args)) => &args.drain,
+            _ => &cli.wrap.drain,
+        };
+        let s = &lint.settings;
+        assert_eq!(s.listen.value, Some(drain.listen), "{argv:?}");
+        assert_eq!(
+            s.shutdown_delay.value,
+            Some(drain.shutdown_delay),
+            "{argv:?}"
+        );
+        assert_eq!(s.drain_timeout.value, Some(drain.drain_timeout), "{argv:?}");
+        assert_eq!(
+            s.readiness_during_delay.value,
+            Some(drain.readiness_during_delay),
+            "{argv:?}"
+        );
+        assert_eq!(
+            s.grace_period.as_ref().and_then(|g| g.value),
+            drain.grace_period,
+            "{argv:?}"
+        );
+        let stop = drain.stop_signal.map_or_else(
+            || Rewrites::new(&cli.wrap.rewrites).apply(Signal::SIGTERM),
+            |s| s.0,
+        );
+        assert_eq!(s.stop_signal.value, Some(stop), "{argv:?}");
+        assert_eq!(s.prestop_token, drain.prestop_token.is_some(), "{argv:?}");
+    }
+
+    #[test]
+    fn a_conflict_between_flags_is_a_problem() {
+        let ld = lameduck("{command: [lameduck, sidecar, --pid-file=/x, --process-name=nginx]}")
+            .unwrap();
+        assert_eq!(ld.problems.len(), 1, "{:?}", ld.problems);
+        assert!(
+            ld.problems[0].1.contains("--process-name"),
+            "{:?}",
+            ld.problems
+        );
     }
 }
