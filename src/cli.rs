@@ -242,14 +242,9 @@ pub struct LogArgs {
     )]
     pub log_format: LogFormat,
 
-    /// The least severe log level written.
-    #[arg(
-        long,
-        value_name = "LEVEL",
-        default_value = "info",
-        env = "LAMEDUCK_LOG_LEVEL"
-    )]
-    pub log_level: LogLevel,
+    /// The least severe log level written [default: info, or warn when stderr is a terminal].
+    #[arg(long, value_name = "LEVEL", env = "LAMEDUCK_LOG_LEVEL")]
+    pub log_level: Option<LogLevel>,
 }
 
 /// What `/readyz` answers while the shutdown delay runs.

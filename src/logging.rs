@@ -10,8 +10,20 @@ use tracing::level_filters::LevelFilter;
 use crate::cli::{LogArgs, LogFormat, LogLevel};
 
 /// Installs the global subscriber. Lines that cannot be written at once are dropped.
+///
+/// Without `--log-level`, a terminal on stderr (`docker run -it`) is the app's terminal, read
+/// by a person: only warnings and errors go there. Anything else is a log collector, which gets
+/// the info lines that tell the drain's story.
 pub fn init(args: &LogArgs) {
-    let level = match args.log_level {
+    let terminal = || nix::unistd::isatty(io::stderr()).unwrap_or(false);
+    let level = args.log_level.unwrap_or_else(|| {
+        if terminal() {
+            LogLevel::Warn
+        } else {
+            LogLevel::Info
+        }
+    });
+    let level = match level {
         LogLevel::Error => LevelFilter::ERROR,
         LogLevel::Warn => LevelFilter::WARN,
         LogLevel::Info => LevelFilter::INFO,

@@ -62,3 +62,32 @@ fn ctrl_c_on_a_terminal_reaches_the_app_directly() {
     assert!(!text.contains("TERM"), "{text}");
     assert_eq!(status.and_then(|s| s.code()), Some(0), "{text}");
 }
+
+/// Runs `lameduck ARGS -- fixture exit 0` on a pseudo-terminal; returns what the terminal showed.
+fn on_a_terminal(args: &str) -> String {
+    let inner = format!(
+        "exec {} --listen 127.0.0.1:0 {args} -- {} exit 0",
+        lameduck().display(),
+        fixture()
+    );
+    let output = Command::new("script")
+        .args(["-q", "-e", "-c", &inner, "/dev/null"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .expect("script (util-linux) runs");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn on_a_terminal_only_warnings_are_logged_by_default() {
+    let text = on_a_terminal("");
+    assert!(text.contains("WARN"), "{text}");
+    assert!(!text.contains("INFO"), "{text}");
+}
+
+#[test]
+fn on_a_terminal_an_explicit_log_level_wins() {
+    let text = on_a_terminal("--log-level info");
+    assert!(text.contains("started the app"), "{text}");
+}
