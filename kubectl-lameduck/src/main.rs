@@ -4,10 +4,12 @@
 //!
 //! # Layout
 //! - `lint` owns the command `lint`: reading manifests, the rules, and the report.
+//! - `inject` owns the command `inject` and the pod decisions the webhook shares.
 
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+mod inject;
 mod lint;
 
 use clap::{Parser, Subcommand};
@@ -33,12 +35,15 @@ struct Cli {
 enum Command {
     /// Check Kubernetes manifests for settings that still drop requests.
     Lint(lint::LintArgs),
+    /// Print the same manifests with lameduck added (or, with --remove, taken out).
+    Inject(inject::InjectArgs),
 }
 
 fn main() {
     let cli = parse();
     let code = match cli.command {
         Command::Lint(args) => lint::run(&args),
+        Command::Inject(args) => inject::run(&args),
     };
     std::process::exit(code);
 }

@@ -33,7 +33,10 @@ pub fn check(objects: &[Object<'_>], drained: &[&Object<'_>], list: &mut Vec<Fin
                 );
             }
         }
-        if !matches!(workload.kind, Kind::Deployment | Kind::StatefulSet) {
+        if !matches!(
+            workload.kind,
+            Kind::Deployment | Kind::StatefulSet | Kind::ReplicaSet
+        ) {
             continue;
         }
         let replicas_path = workload.path.keys(&["spec", "replicas"]);
@@ -87,7 +90,8 @@ pub fn check(objects: &[Object<'_>], drained: &[&Object<'_>], list: &mut Vec<Fin
 
 /// A rollout must never take every pod down at once.
 fn rollout(workload: &Object<'_>, replicas: i64, findings: &mut Findings<'_, '_>) {
-    if replicas < 1 {
+    // A ReplicaSet has no rollout of its own: its Deployment rolls it.
+    if replicas < 1 || workload.kind == Kind::ReplicaSet {
         return;
     }
     // Deployments round a maxUnavailable percentage down, StatefulSets up.

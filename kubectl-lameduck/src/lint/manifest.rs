@@ -16,6 +16,8 @@ pub enum Kind {
     StatefulSet,
     /// apps/v1 DaemonSet.
     DaemonSet,
+    /// apps/v1 ReplicaSet.
+    ReplicaSet,
     /// v1 Pod.
     Pod,
     /// policy/v1 PodDisruptionBudget.
@@ -30,6 +32,7 @@ impl Kind {
             "Deployment" => Kind::Deployment,
             "StatefulSet" => Kind::StatefulSet,
             "DaemonSet" => Kind::DaemonSet,
+            "ReplicaSet" => Kind::ReplicaSet,
             "Pod" => Kind::Pod,
             "PodDisruptionBudget" => Kind::PodDisruptionBudget,
             "Service" => Kind::Service,
@@ -43,6 +46,7 @@ impl Kind {
             Kind::Deployment => "Deployment",
             Kind::StatefulSet => "StatefulSet",
             Kind::DaemonSet => "DaemonSet",
+            Kind::ReplicaSet => "ReplicaSet",
             Kind::Pod => "Pod",
             Kind::PodDisruptionBudget => "PodDisruptionBudget",
             Kind::Service => "Service",
@@ -150,7 +154,7 @@ impl<'a> Object<'a> {
     /// The pod this object runs: the pod template of a workload, or a Pod itself.
     pub fn pod(&self) -> Option<Pod<'a>> {
         let (spec_keys, labels_keys): (&[&str], &[&str]) = match self.kind {
-            Kind::Deployment | Kind::StatefulSet | Kind::DaemonSet => (
+            Kind::Deployment | Kind::StatefulSet | Kind::DaemonSet | Kind::ReplicaSet => (
                 &["spec", "template", "spec"],
                 &["spec", "template", "metadata", "labels"],
             ),

@@ -11,7 +11,7 @@ mod availability;
 mod drain;
 mod lameduck;
 mod manifest;
-mod report;
+pub mod report;
 mod yaml;
 
 use std::fmt;
@@ -54,6 +54,17 @@ pub struct InputError {
     file: String,
     line: Option<usize>,
     reason: String,
+}
+
+impl InputError {
+    /// A problem at a line of a file.
+    pub fn at(file: String, line: usize, reason: String) -> Self {
+        InputError {
+            file,
+            line: Some(line),
+            reason,
+        }
+    }
 }
 
 impl fmt::Display for InputError {
@@ -113,6 +124,12 @@ pub fn run(args: &LintArgs) -> i32 {
 
 /// Reads and parses one file, or standard input for `-`.
 fn read(file: &Path) -> Result<Source, InputError> {
+    let (name, text) = read_text(file)?;
+    parse(name, &text)
+}
+
+/// Reads one file, or standard input for `-`, as UTF-8 text; returns the name messages use.
+pub fn read_text(file: &Path) -> Result<(String, String), InputError> {
     let stdin = file.as_os_str() == "-";
     let name = if stdin {
         "<stdin>".to_owned()
@@ -138,7 +155,7 @@ fn read(file: &Path) -> Result<Source, InputError> {
             reason: "not UTF-8 text".into(),
         }
     })?;
-    parse(name, &text)
+    Ok((name, text))
 }
 
 /// Parses one input's text.

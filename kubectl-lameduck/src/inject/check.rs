@@ -1,0 +1,57 @@
+//! inject's proof of its own output: lint's rules, run in-process on what inject is about to
+//! hand out. An error there is a bug in inject, so the output is refused instead.
+
+use serde_json::{Value, json};
+
+use super::pod::Refusal;
+use crate::lint::report::{Finding, Severity};
+use crate::lint::{self, InputError, Source};
+
+/// Lints one pod template as the Pod it becomes (the pod-spec rules; replicas and budgets
+/// are the workload's, checked with the whole stream).
+pub fn pod(template: &Value) -> Result<(), Refusal> {
+    let pod = json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": template.get("metadata").cloned().unwrap_or(Value::Null),
+        "spec": template.get("spec").cloned().unwrap_or(Value::Null),
+    });
+    let source = lint::parse("pod".into(), &pod.to_string()).map_err(unreadable)?;
+    match first_error(&lint::lint(&[source]).findings) {
+        Some(finding) => Err(bug(finding)),
+        None => Ok(()),
+    }
+}
+
+/// The first error-level finding.
+pub fn first_error(findings: &[Finding]) -> Option<&Finding> {
+    findings
+        .iter()
+        .find(|f| f.rule.severity() == Severity::Error)
+}
+
+/// The refusal for output that would not lint clean.
+pub fn bug(finding: &Finding) -> Refusal {
+    Refusal(format!(
+        "refusing output that would not lint clean ({} at {}: {}); this is a bug in inject",
+        finding.rule.id(),
+        finding.path,
+        finding.message
+    ))
+}
+
+fn unreadable(err: InputError) -> Refusal {
+    Refusal(format!(
+        "refusing output lint cannot read ({err}); this is a bug in inject"
+    ))
+}
+
+/// Lints the documents of an output together (each its own source, named by its position).
+pub fn stream(texts: &[(String, String)]) -> Result<Vec<Finding>, Refusal> {
+    let sources = texts
+        .iter()
+        .map(|(name, text)| lint::parse(name.clone(), text))
+        .collect::<Result<Vec<Source>, _>>()
+        .map_err(unreadable)?;
+    Ok(lint::lint(&sources).findings)
+}
