@@ -43,11 +43,12 @@ fn readme_documents_every_flag_of_every_mode() {
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
         .expect("README.md");
     let (lameduck, plugin) = (common::lameduck(), plugin());
-    let modes: [(&std::path::Path, &[&str]); 4] = [
+    let modes: [(&std::path::Path, &[&str]); 5] = [
         (&lameduck, &[]),
         (&lameduck, &["sidecar"]),
         (&lameduck, &["install"]),
         (&plugin, &["lint"]),
+        (&plugin, &["inject"]),
     ];
     for (program, mode) in modes {
         let flags = flags_of(program, mode);

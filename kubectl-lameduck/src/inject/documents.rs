@@ -184,10 +184,13 @@ pub fn emit(format: Format, value: &Value) -> Result<String, String> {
     }
 }
 
+/// Which text of the output: a document's own `(index, None)`, or the N-th it added.
+pub type Written = (usize, Option<usize>);
+
 impl Stream {
     /// The text of each document as it will be written (unchanged ones as read), then of
     /// each added one, in output order; `(document index, added index)` says which is which.
-    pub fn texts(&self) -> Result<Vec<((usize, Option<usize>), String)>, String> {
+    pub fn texts(&self) -> Result<Vec<(Written, String)>, String> {
         let mut texts = Vec::new();
         for (index, document) in self.documents.iter().enumerate() {
             if document.dropped {

@@ -37,7 +37,7 @@ const INSTALLER_UID: u64 = 65532;
 /// How lameduck is put into the pod.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Shape {
-    /// wrapper for a `--wrapper-image`, install when the command is known, else sidecar.
+    /// Wrapper for a `--wrapper-image`, install when the command is known, else sidecar.
     Auto,
     /// An init container copies lameduck into an emptyDir; the app's command is wrapped.
     Install,
