@@ -5,12 +5,14 @@
 //! # Layout
 //! - `lint` owns the command `lint`: reading manifests, the rules, and the report.
 //! - `inject` owns the command `inject` and the pod decisions the webhook shares.
+//! - `servers` owns the table of known servers (stop signals, own bounds), read by `lint`.
 
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 mod inject;
 mod lint;
+pub mod servers;
 
 use clap::{Parser, Subcommand};
 

@@ -209,7 +209,8 @@ const RULES: &[(&str, &str)] = &[
     ("liveness-on-drain", "error"),
     ("liveness-missing", "warning"),
     ("probe-calls-prestop", "error"),
-    ("nginx-stop-signal", "error"),
+    ("stop-signal", "error"),
+    ("server-bound-unseen", "warning"),
     ("sidecar-not-restartable", "error"),
     ("sidecar-no-shared-pid", "error"),
     ("sidecar-pid-file-not-shared", "error"),
@@ -256,7 +257,8 @@ rule_tests!(
     liveness_on_drain,
     liveness_missing,
     probe_calls_prestop,
-    nginx_stop_signal,
+    stop_signal,
+    server_bound_unseen,
     sidecar_not_restartable,
     sidecar_no_shared_pid,
     sidecar_pid_file_not_shared,
@@ -512,4 +514,99 @@ fn kubectl_runs_the_plugin_found_on_path() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(stdout.contains("0 errors"), "{stdout}");
+}
+
+/// A wrapped pod for `image` running `command` (a YAML flow list after lameduck's flags).
+fn wrapped(image: &str, flags: &str, command: &str) -> String {
+    format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: web}}\nspec:\n  replicas: 2\n  \
+         selector: {{matchLabels: {{app: web}}}}\n  template:\n    metadata: {{labels: {{app: web}}}}\n    \
+         spec:\n      containers:\n        - name: app\n          image: {image}\n          \
+         command: [/lameduck, {flags} --, {command}]\n          \
+         readinessProbe: {{httpGet: {{path: /readyz, port: 8099}}, periodSeconds: 1, failureThreshold: 2}}\n          \
+         livenessProbe: {{httpGet: {{path: /livez, port: 8099}}}}\n          \
+         lifecycle: {{preStop: {{httpGet: {{path: /prestop, port: 8099}}}}}}\n---\n\
+         apiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata: {{name: web}}\n\
+         spec: {{minAvailable: 1, selector: {{matchLabels: {{app: web}}}}}}\n"
+    )
+}
+
+/// The rules a wrapped pod provokes.
+fn rules_of(image: &str, flags: &str, command: &str) -> BTreeSet<String> {
+    let ran = lint(&["--format", "json", "-"], &wrapped(image, flags, command));
+    findings(&ran)
+        .iter()
+        .filter_map(|f| f["rule"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[test]
+fn each_known_server_wants_its_own_graceful_signal() {
+    // (image, app command, the graceful signal, a fast stop), as measured with each server.
+    let servers = [
+        ("nginx:1.27", "nginx", "QUIT", "TERM"),
+        ("httpd:2.4", "httpd-foreground", "WINCH", "TERM"),
+        ("haproxy:2.9", "haproxy, -f, /h.cfg", "USR1", "TERM"),
+        ("caddy:2", "caddy, run", "TERM", "QUIT"),
+        ("debian:12", "lighttpd, -D, -f, /l.conf", "INT", "TERM"),
+        ("python:3.12", "gunicorn, 'app:app'", "TERM", "QUIT"),
+    ];
+    for (image, command, graceful, fast) in servers {
+        let flags = format!("--stop-signal, {graceful},");
+        assert_eq!(
+            rules_of(image, &flags, command),
+            BTreeSet::new(),
+            "{image} with {graceful}"
+        );
+        let flags = format!("--stop-signal, {fast},");
+        let ran = lint(&["--format", "json", "-"], &wrapped(image, &flags, command));
+        let list = findings(&ran);
+        assert_eq!(list.len(), 1, "{image} with {fast}: {}", ran.stdout);
+        assert_eq!(list[0]["rule"], "stop-signal");
+        let message = list[0]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains(&format!("stops at once on SIG{fast}"))
+                && message.contains(&format!("only SIG{graceful}")),
+            "{message}"
+        );
+    }
+}
+
+#[test]
+fn a_signal_that_stops_nothing_is_named_so() {
+    let ran = lint(
+        &["--format", "json", "-"],
+        &wrapped("nginx:1.27", "--stop-signal, USR1,", "nginx"),
+    );
+    let message = findings(&ran)[0]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(message.contains("does not stop on SIGUSR1"), "{message}");
+}
+
+#[test]
+fn a_bound_set_on_the_command_line_or_in_env_satisfies_lint() {
+    let bare = rules_of(
+        "python:3.12",
+        "--drain-timeout, 15s,",
+        "gunicorn, 'app:app'",
+    );
+    assert_eq!(bare, BTreeSet::from(["server-bound-unseen".to_owned()]));
+    let set = rules_of(
+        "python:3.12",
+        "--drain-timeout, 15s,",
+        "gunicorn, --graceful-timeout, '10', 'app:app'",
+    );
+    assert_eq!(set, BTreeSet::new());
+    // Without a drain timeout of its own choosing, the bound is not asked for...
+    assert_eq!(
+        rules_of("python:3.12", "", "gunicorn, 'app:app'"),
+        BTreeSet::new()
+    );
+    // ...except where the graceful stop needs it: php-fpm's QUIT cuts like TERM without it.
+    assert_eq!(
+        rules_of("php:8.3-fpm", "--stop-signal, QUIT,", "php-fpm, -F"),
+        BTreeSet::from(["server-bound-unseen".to_owned()])
+    );
 }

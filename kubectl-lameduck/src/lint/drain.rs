@@ -1,17 +1,16 @@
 //! The checks of one pod spec against the lameduck it runs: does the shutdown reach lameduck
 //! (preStop hook, probes, listen address), does it fit (grace period, readiness timing),
-//! and can lameduck stop the app gracefully (nginx's signal, a sidecar's reach, an
-//! installed copy's volume).
+//! and can lameduck stop the app gracefully (a known server's signal and its own bound, a
+//! sidecar's reach, an installed copy's volume).
 
 use std::net::SocketAddr;
 use std::time::Duration;
-
-use nix::sys::signal::Signal;
 
 use super::lameduck::{self, Lameduck, Role, Settings};
 use super::manifest::{Container, Handler, Path, Pod};
 use super::report::{Findings, Rule};
 use super::yaml::Node;
+use crate::servers::{self, Server};
 use ::lameduck::cli::{GRACE_MARGIN, ReadinessDuringDelay};
 use ::lameduck::duration;
 use ::lameduck::signals::short_name;
@@ -78,7 +77,7 @@ pub fn check(pod: &Pod<'_>, findings: &mut Findings<'_, '_>) -> bool {
             drain.prestop(container, findings);
         }
         drain.probes(findings);
-        drain.nginx(findings);
+        drain.servers(findings);
     }
     !ducks.is_empty()
 }
@@ -462,8 +461,29 @@ impl Drain<'_, '_> {
         }
     }
 
-    /// nginx finishes its requests on SIGQUIT only; SIGTERM makes it stop at once.
-    fn nginx(&self, findings: &mut Findings<'_, '_>) {
+    /// Each known server (see `servers`) finishes its responses on its own graceful signal
+    /// only, and should bound that stop itself within lameduck's drain timeout.
+    fn servers(&self, findings: &mut Findings<'_, '_>) {
+        for container in &self.hooked {
+            let command = match self.lameduck.role {
+                Role::Wrapper => self.lameduck.app.clone(),
+                _ => container.argv(),
+            };
+            let Some(server) = servers::known(container.image(), &command) else {
+                continue;
+            };
+            self.stop_signal(container, server, findings);
+            self.server_bound(container, server, findings);
+        }
+    }
+
+    /// The signal lameduck sends must be the server's graceful stop.
+    fn stop_signal(
+        &self,
+        container: &Container<'_>,
+        server: &Server,
+        findings: &mut Findings<'_, '_>,
+    ) {
         let settings = self.settings();
         let signals_app = match self.lameduck.role {
             Role::Sidecar => settings.pid_file.is_some() || settings.process_name,
@@ -476,25 +496,65 @@ impl Drain<'_, '_> {
         let Some(signal) = settings.stop_signal.value else {
             return;
         };
-        for container in &self.hooked {
-            let quit_by_kubelet = container
-                .node
-                .at(&["lifecycle", "stopSignal"])
-                .and_then(Node::text)
-                .is_some_and(|s| matches!(s, "SIGQUIT" | "QUIT"));
-            if container.image_name().starts_with("nginx")
-                && signal != Signal::SIGQUIT
-                && !quit_by_kubelet
-            {
-                findings.add(
-                    Rule::NginxStopSignal,
-                    Some(self.runner),
-                    &settings.stop_signal.path,
-                    format!("container \"{}\" runs nginx, which drops open connections on SIG{}: only SIGQUIT is a graceful stop", container.name, short_name(signal)),
-                    "pass --stop-signal QUIT to lameduck (or set lifecycle.stopSignal: SIGQUIT)".into(),
-                );
-            }
+        let graceful = short_name(server.graceful_stop);
+        let graceful_by_kubelet = container
+            .node
+            .at(&["lifecycle", "stopSignal"])
+            .and_then(Node::text)
+            .is_some_and(|s| s.strip_prefix("SIG").unwrap_or(s) == graceful);
+        if signal == server.graceful_stop || graceful_by_kubelet {
+            return;
         }
+        let effect = if server.fast_stop.contains(&signal) {
+            "stops at once on"
+        } else {
+            "does not stop on"
+        };
+        findings.add(
+            Rule::StopSignal,
+            Some(self.runner),
+            &settings.stop_signal.path,
+            format!("container \"{}\" runs {}, which {effect} SIG{}: only SIG{graceful} lets it finish its responses", container.name, server.name, short_name(signal)),
+            format!("pass --stop-signal {graceful} to lameduck (or set lifecycle.stopSignal: SIG{graceful})"),
+        );
+    }
+
+    /// Lint cannot read the server's config files, so it looks for the bound's setting in the
+    /// container's command, arguments and environment; it asks only when the bound matters:
+    /// the drain timeout is set on purpose, or the graceful stop needs the setting at all.
+    fn server_bound(
+        &self,
+        container: &Container<'_>,
+        server: &Server,
+        findings: &mut Findings<'_, '_>,
+    ) {
+        let Some(bound) = &server.own_bound else {
+            return;
+        };
+        let drain = &self.settings().drain_timeout;
+        let drain_given = drain.path != self.lameduck.argv_path;
+        if !(drain_given || bound.required) || container.mentions(bound.setting) {
+            return;
+        }
+        let why = if bound.required {
+            format!(
+                "without it {}'s graceful stop cuts responses too",
+                server.name
+            )
+        } else {
+            let timeout = drain.value.map_or("its value".into(), duration::format);
+            format!(
+                "unbounded, {} outlives lameduck's --drain-timeout {timeout} and is killed mid-response instead of closing its connections itself",
+                server.name
+            )
+        };
+        findings.add(
+            Rule::ServerBoundUnseen,
+            Some(container),
+            &container.path,
+            format!("container \"{}\" runs {}, and lint sees no `{}` in its command, args or env (it cannot read config files): {why}", container.name, server.name, bound.setting),
+            format!("{}; ignore this if the config already sets it", bound.hint),
+        );
     }
 
     /// A sidecar must run alongside the app, and can signal the app only when it can see it.

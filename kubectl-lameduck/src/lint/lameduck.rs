@@ -81,6 +81,8 @@ pub struct Lameduck {
     pub settings: Settings,
     /// What in its flags or variables lameduck would refuse at start: `(where, why)`.
     pub problems: Vec<(Path, String)>,
+    /// The wrapped app's argv (the words after lameduck's flags); empty in other roles.
+    pub app: Vec<String>,
 }
 
 /// One of lameduck's flags as its clap definition has it.
@@ -236,7 +238,8 @@ pub fn read(container: &Container<'_>) -> Option<Lameduck> {
         let path = reader.default_path.clone();
         reader.problem(path, "install needs a DIR".to_owned());
     }
-    reader.read_line(argv.get(flags_from..).unwrap_or_default());
+    let args = argv.get(flags_from..).unwrap_or_default();
+    let app_from = reader.read_line(args);
     reader.read_env(container);
     let settings = reader.settings();
     Some(Lameduck {
@@ -245,6 +248,12 @@ pub fn read(container: &Container<'_>) -> Option<Lameduck> {
         argv_path: reader.default_path,
         settings,
         problems: reader.problems,
+        app: app_from
+            .and_then(|from| args.get(from..))
+            .unwrap_or_default()
+            .iter()
+            .map(|arg| arg.text.to_owned())
+            .collect(),
     })
 }
 
@@ -313,20 +322,22 @@ impl<'a> Reader<'a> {
         }
     }
 
-    /// The flags on the command line, in order, each value checked by lameduck's parser.
-    fn read_line(&mut self, args: &[Arg<'a>]) {
-        let mut words = args.iter();
-        let mut app_command = false;
-        while let Some(arg) = words.next() {
+    /// The flags on the command line, in order, each value checked by lameduck's parser;
+    /// returns the index in `args` where the app's command starts (a wrapper's words after
+    /// its flags).
+    fn read_line(&mut self, args: &[Arg<'a>]) -> Option<usize> {
+        let mut words = args.iter().enumerate();
+        let mut app_from = None;
+        while let Some((index, arg)) = words.next() {
             if arg.text == "--" {
-                app_command = words.next().is_some();
+                app_from = (index + 1 < args.len()).then_some(index + 1);
                 break;
             }
             let Some(spec) = arg.text.strip_prefix("--") else {
                 if self.role == Role::Wrapper && !(arg.text.starts_with('-') && arg.text.len() > 1)
                 {
                     // The first word that is not a flag starts the app's command.
-                    app_command = true;
+                    app_from = Some(index);
                     break;
                 }
                 self.problem(
@@ -354,7 +365,7 @@ impl<'a> Reader<'a> {
             let (value, path) = match inline {
                 Some(value) => (Some(value), arg.path.clone()),
                 None => match words.next() {
-                    Some(next) => (Some(next.text), next.path.clone()),
+                    Some((_, next)) => (Some(next.text), next.path.clone()),
                     None => (None, arg.path.clone()),
                 },
             };
@@ -363,10 +374,11 @@ impl<'a> Reader<'a> {
                 None => self.problem(path, format!("--{name} needs a value")),
             }
         }
-        if self.role == Role::Wrapper && !app_command {
+        if self.role == Role::Wrapper && app_from.is_none() {
             let path = self.default_path.clone();
             self.problem(path, "no app command: write it after `--`".to_owned());
         }
+        app_from
     }
 
     /// Why a flag this role does not take is wrong here.

@@ -243,10 +243,35 @@ impl<'a> Container<'a> {
         !self.init || self.is_native_sidecar()
     }
 
+    /// The image reference as written (`registry/x/nginx-unprivileged:1.27`), or empty.
+    pub fn image(&self) -> &'a str {
+        self.node.get("image").and_then(Node::text).unwrap_or("")
+    }
+
+    /// The argv the manifest shows: `command` then `args` (empty when the image's own
+    /// entrypoint runs).
+    pub fn argv(&self) -> Vec<String> {
+        ["command", "args"]
+            .iter()
+            .flat_map(|field| self.node.get(field).map(Node::items).unwrap_or_default())
+            .filter_map(|word| word.text().map(str::to_owned))
+            .collect()
+    }
+
+    /// Whether `text` appears in the container's `command`, `args` or an `env` value.
+    pub fn mentions(&self, text: &str) -> bool {
+        let env = self.node.get("env").map(Node::items).unwrap_or_default();
+        self.argv().iter().any(|word| word.contains(text))
+            || env
+                .iter()
+                .filter_map(|var| var.get("value").and_then(Node::text))
+                .any(|value| value.contains(text))
+    }
+
     /// The image name without registry, repository or tag: `nginx-unprivileged` for
     /// `registry/x/nginx-unprivileged:1.27`.
     pub fn image_name(&self) -> &'a str {
-        let image = self.node.get("image").and_then(Node::text).unwrap_or("");
+        let image = self.image();
         let last = image.rsplit('/').next().unwrap_or(image);
         last.split([':', '@']).next().unwrap_or(last)
     }

@@ -1,6 +1,6 @@
 //! `kubectl lameduck lint FILE...`: checks Kubernetes manifests for the pod-spec half of a
 //! zero-downtime shutdown (preStop hook, probes, grace period, replicas, disruption budgets,
-//! nginx's stop signal, a sidecar's reach) against the lameduck flags they run with.
+//! a known server's stop signal, a sidecar's reach) against the lameduck flags they run with.
 //!
 //! This module owns the command: reading the files, running the checks over all of them
 //! together, printing the findings and choosing the exit code. `yaml` turns text into

@@ -72,7 +72,8 @@ rules! {
     LivenessOnDrain = "liveness-on-drain", Error;
     LivenessMissing = "liveness-missing", Warning;
     ProbeCallsPrestop = "probe-calls-prestop", Error;
-    NginxStopSignal = "nginx-stop-signal", Error;
+    StopSignal = "stop-signal", Error;
+    ServerBoundUnseen = "server-bound-unseen", Warning;
     SidecarNotRestartable = "sidecar-not-restartable", Error;
     SidecarNoSharedPid = "sidecar-no-shared-pid", Error;
     SidecarPidFileNotShared = "sidecar-pid-file-not-shared", Error;
