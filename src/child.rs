@@ -168,3 +168,12 @@ impl App {
         pids
     }
 }
+
+impl From<SpawnError> for crate::exit::Fatal {
+    fn from(err: SpawnError) -> Self {
+        crate::exit::Fatal {
+            code: err.exit_code,
+            message: err.message,
+        }
+    }
+}

@@ -9,11 +9,10 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use nix::sys::signal::Signal;
 
 use crate::duration;
-use crate::readiness::ReadyCheck;
+use crate::settings::{
+    DrainConfig, GRACE_MARGIN, QuietConfig, ReadinessDuringDelay, ReadyCheck, Token,
+};
 use crate::signals::{Rewrite, Rewrites, SignalArg};
-
-/// How long before the kubelet's SIGKILL lameduck's own final kill must come.
-pub const GRACE_MARGIN: Duration = Duration::from_secs(2);
 
 /// lameduck: a container init that turns a pod shutdown into a zero-downtime drain.
 #[derive(Parser, Debug)]
@@ -174,38 +173,6 @@ pub struct DrainArgs {
     pub prestop_token: Option<Token>,
 }
 
-/// A secret that never shows in logs or debug output.
-#[derive(Clone)]
-pub struct Token(pub String);
-
-impl std::str::FromStr for Token {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        if text.is_empty() || text.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err("the token must be non-empty, without spaces or control characters".into());
-        }
-        Ok(Token(text.to_owned()))
-    }
-}
-
-impl std::fmt::Debug for Token {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Token(***)")
-    }
-}
-
-/// The adaptive delay after validation.
-#[derive(Clone, Debug)]
-pub struct QuietConfig {
-    /// How long without traffic (a new connection or bytes on one) counts as quiet.
-    pub period: Duration,
-    /// The earliest the stop signal may go out after the drain began.
-    pub min_delay: Duration,
-    /// Ports to watch; empty means the ports the app listens on.
-    pub app_ports: Vec<u16>,
-}
-
 impl WrapArgs {
     /// Validates the adaptive delay flags against the shutdown delay.
     pub fn quiet(&self, config: &DrainConfig) -> Result<Option<QuietConfig>, String> {
@@ -247,13 +214,22 @@ pub struct LogArgs {
     pub log_level: Option<LogLevel>,
 }
 
-/// What `/readyz` answers while the shutdown delay runs.
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ReadinessDuringDelay {
-    /// Fail at once: load balancers that health-check the pod stop sending traffic.
-    Fail,
-    /// Keep passing until the stop signal: kube-proxy may still fall back to this endpoint.
-    Pass,
+impl ValueEnum for ReadinessDuringDelay {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[ReadinessDuringDelay::Fail, ReadinessDuringDelay::Pass]
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        use clap::builder::PossibleValue;
+        Some(match self {
+            ReadinessDuringDelay::Fail => PossibleValue::new("fail").help(
+                "Fail at once: load balancers that health-check the pod stop sending traffic",
+            ),
+            ReadinessDuringDelay::Pass => PossibleValue::new("pass").help(
+                "Keep passing until the stop signal: kube-proxy may still fall back to this endpoint",
+            ),
+        })
+    }
 }
 
 /// Log output format.
@@ -278,27 +254,6 @@ pub enum LogLevel {
     Debug,
     /// Everything.
     Trace,
-}
-
-/// The drain settings after validation.
-#[derive(Clone, Debug)]
-pub struct DrainConfig {
-    /// Where the endpoints listen.
-    pub listen: SocketAddr,
-    /// Time between the start of the drain and the stop signal.
-    pub shutdown_delay: Duration,
-    /// Time the app has to exit after its stop signal.
-    pub drain_timeout: Duration,
-    /// The signal that asks the app to stop.
-    pub stop_signal: Signal,
-    /// What /readyz answers during the shutdown delay.
-    pub readiness_during_delay: ReadinessDuringDelay,
-    /// With a grace period: the time after the start of the drain (preStop included) at which
-    /// lameduck kills what is left, whatever the drain timeout says, a fixed margin before the
-    /// kubelet's SIGKILL.
-    pub kill_budget: Option<Duration>,
-    /// The bearer token /prestop demands, if any.
-    pub prestop_token: Option<Token>,
 }
 
 impl DrainArgs {
@@ -367,11 +322,11 @@ pub fn parse() -> Cli {
                 first = format!("{first} {next}");
             }
             let first = first.strip_prefix("error: ").unwrap_or(&first);
-            crate::say(
+            crate::exit::say(
                 std::io::stderr(),
                 format_args!("lameduck: {first} (see 'lameduck --help')"),
             );
-            std::process::exit(crate::EXIT_USAGE);
+            std::process::exit(crate::exit::EXIT_USAGE);
         }
     }
 }

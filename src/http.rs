@@ -13,13 +13,14 @@ use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use subtle::ConstantTimeEq;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{mpsc, watch};
 use tokio::task::AbortHandle;
 
-use crate::cli::DrainConfig;
+use crate::exit::Fatal;
 use crate::metrics::Metrics;
 use crate::phase::{Event, Phase};
+use crate::settings::DrainConfig;
 use crate::status::Snapshot;
 
 /// At most this many connections are served at once; beyond it the oldest is closed, so abuse
@@ -209,6 +210,38 @@ fn respond(status: StatusCode, content_type: &'static str, body: String) -> Resp
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
+}
+
+/// How many connections may wait to be accepted: a probe burst must not overflow the queue
+/// (the default of 128 costs an overflowing client a 1s SYN retry).
+const LISTEN_BACKLOG: u32 = 1024;
+
+/// Binds the endpoints' listener; a taken port is a configuration error.
+pub fn bind(config: &DrainConfig) -> Result<TcpListener, Fatal> {
+    let addr = config.listen;
+    let listen = || {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(LISTEN_BACKLOG)
+    };
+    listen().map_err(|err| Fatal::usage(format!("cannot listen on {addr}: {err}")))
+}
+
+/// Logs where the endpoints listen, and who can start a drain; returns the port.
+pub fn announce(listener: &TcpListener, config: &DrainConfig) -> u16 {
+    let Ok(addr) = listener.local_addr() else {
+        return config.listen.port();
+    };
+    tracing::info!(%addr, "endpoints listening");
+    if config.prestop_token.is_none() {
+        tracing::warn!(%addr, "/prestop has no --prestop-token: anyone who can reach this address can start a drain");
+    }
+    addr.port()
 }
 
 #[cfg(test)]

@@ -6,26 +6,23 @@ use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-/// Exit code when the copy cannot be made.
-pub const EXIT_FAILED: i32 = 1;
-
 /// Copies `/proc/self/exe` to `DIR/lameduck` atomically (a temporary file renamed into
 /// place), mode 0755. Running it twice leaves the same result.
 pub fn run(dir: &Path) -> i32 {
     match install(dir) {
         Ok(target) => {
-            crate::say(
+            crate::exit::say(
                 std::io::stdout(),
                 format_args!("installed {}", target.display()),
             );
             0
         }
         Err(err) => {
-            crate::say(
+            crate::exit::say(
                 std::io::stderr(),
                 format_args!("lameduck: cannot install into {}: {err}", dir.display()),
             );
-            EXIT_FAILED
+            crate::exit::EXIT_FAILED
         }
     }
 }

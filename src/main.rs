@@ -1,7 +1,8 @@
 //! The `lameduck` binary: parses the flags and runs the chosen mode (see the library's docs
 //! for the layout). `wrap` reads as the sequence: set up logging, validate, catch signals
 //! (before the app exists, so none is lost), bind the endpoints, spawn the app, supervise it,
-//! exit with its status.
+//! exit with its status. A step that cannot go on returns a `Fatal` (exit code and message),
+//! which `main` logs before it exits with that code.
 
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
@@ -11,6 +12,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 use lameduck::cli::{self, Mode, WrapArgs};
+use lameduck::exit::{EXIT_USAGE, Fatal, say};
 use lameduck::metrics::Metrics;
 use lameduck::phase::Phase;
 use lameduck::signals::{self, Rewrites};
@@ -19,27 +21,21 @@ use lameduck::supervisor::Supervisor;
 
 fn main() {
     let cli = cli::parse();
-    let code = match cli.mode {
-        Some(Mode::Install { dir }) => lameduck::install::run(&dir),
-        Some(Mode::Lint { .. }) => lint_moved(),
+    let ended = match cli.mode {
+        Some(Mode::Install { dir }) => Ok(lameduck::install::run(&dir)),
+        Some(Mode::Lint { .. }) => Ok(lint_moved()),
         Some(Mode::Sidecar(args)) => lameduck::sidecar::run(args),
         None => wrap(cli.wrap),
     };
-    std::process::exit(code);
+    std::process::exit(ended.unwrap_or_else(Fatal::report));
 }
 
 /// The default mode: run the app and supervise it to its end.
-fn wrap(args: WrapArgs) -> i32 {
+fn wrap(args: WrapArgs) -> Result<i32, Fatal> {
     lameduck::logging::init(&args.log);
     let rewrites = Rewrites::new(&args.rewrites);
-    let config = match args.drain.validate(&rewrites) {
-        Ok(config) => config,
-        Err(message) => return lameduck::fatal(lameduck::EXIT_USAGE, &message),
-    };
-    let quiet = match args.quiet(&config) {
-        Ok(quiet) => quiet,
-        Err(message) => return lameduck::fatal(lameduck::EXIT_USAGE, &message),
-    };
+    let config = args.drain.validate(&rewrites).map_err(Fatal::usage)?;
+    let quiet = args.quiet(&config).map_err(Fatal::usage)?;
     let ignored = signals::take_over();
     if ignored.contains(config.stop_signal) {
         tracing::warn!(signal = %signals::short_name(config.stop_signal), "the stop signal was ignored when lameduck started, so the app ignores it too and will be killed at the drain timeout");
@@ -51,27 +47,13 @@ fn wrap(args: WrapArgs) -> i32 {
             tracing::warn!(%err, "cannot become a subreaper; orphans of the app will not be reaped");
         }
     }
-    let runtime = match lameduck::runtime() {
-        Ok(runtime) => runtime,
-        Err(code) => return code,
-    };
-    runtime.block_on(async move {
-        let signals = match signals::catch() {
-            Ok(signals) => signals,
-            Err(err) => {
-                return lameduck::fatal(1, &format!("cannot install signal handlers: {err}"));
-            }
-        };
-        let listener = match lameduck::bind(&config) {
-            Ok(listener) => listener,
-            Err(code) => return code,
-        };
-        let listen_port = lameduck::announce(&listener, &config);
+    lameduck::runtime()?.block_on(async move {
+        let signals = signals::catch()
+            .map_err(|err| Fatal::failed(format!("cannot install signal handlers: {err}")))?;
+        let listener = lameduck::http::bind(&config)?;
+        let listen_port = lameduck::http::announce(&listener, &config);
         let open_files = lameduck::child::raise_open_files();
-        let app = match lameduck::child::spawn(&args.command, args.group, open_files, ignored) {
-            Ok(app) => app,
-            Err(err) => return lameduck::fatal(err.exit_code, &err.message),
-        };
+        let app = lameduck::child::spawn(&args.command, args.group, open_files, ignored)?;
         tracing::info!(pid = app.pid.as_raw(), pid1, "started the app");
 
         let (events_tx, events_rx) = mpsc::channel(64);
@@ -111,17 +93,17 @@ fn wrap(args: WrapArgs) -> i32 {
             listen_port,
             ready_at_start,
         };
-        supervisor.run(signals, events_rx).await
+        Ok(supervisor.run(signals, events_rx).await)
     })
 }
 
 /// `lameduck lint` moved to the cluster-side tool; say where, and exit as on a usage error.
 fn lint_moved() -> i32 {
-    lameduck::say(
+    say(
         std::io::stderr(),
         format_args!(
             "lameduck: lint moved to the kubectl plugin: run 'kubectl lameduck lint FILE...'"
         ),
     );
-    lameduck::EXIT_USAGE
+    EXIT_USAGE
 }

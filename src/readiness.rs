@@ -1,9 +1,7 @@
 //! The app's own readiness: `--ready-check` URLs, one probe of them, and the polling task that
 //! reports each change to the supervisor.
 
-use std::fmt;
 use std::net::SocketAddr;
-use std::str::FromStr;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -11,83 +9,8 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 
 use crate::phase::{Event, Phase};
+use crate::settings::ReadyCheck;
 use crate::status::Snapshot;
-
-/// Where and how to ask the app whether it is ready.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ReadyCheck {
-    /// Ready once a TCP connection to `addr` succeeds.
-    Tcp {
-        /// Where to connect.
-        addr: SocketAddr,
-    },
-    /// Ready once `GET path` on `addr` answers 2xx or 3xx.
-    Http {
-        /// Where to connect.
-        addr: SocketAddr,
-        /// The HOST:PORT as written, sent as the Host header.
-        authority: String,
-        /// Path and query, starting with `/`.
-        path: String,
-    },
-}
-
-impl FromStr for ReadyCheck {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let usage = "write it as tcp://HOST:PORT or http://HOST:PORT/PATH";
-        let (scheme, rest) = text
-            .split_once("://")
-            .ok_or_else(|| format!("'{text}' is not a URL; {usage}"))?;
-        let (authority, path) = match rest.find('/') {
-            Some(slash) => (&rest[..slash], &rest[slash..]),
-            None => (rest, ""),
-        };
-        let addr = socket_addr(authority).ok_or_else(|| {
-            format!("'{text}' needs an IP address or localhost and a port, e.g. 127.0.0.1:8080 (lameduck does not resolve host names: it runs in images without a resolver)")
-        })?;
-        if path.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(format!(
-                "'{text}' has a space or control character in its path"
-            ));
-        }
-        match scheme {
-            "tcp" if path.is_empty() || path == "/" => Ok(ReadyCheck::Tcp { addr }),
-            "tcp" => Err(format!("'{text}': a tcp check takes no path; {usage}")),
-            "http" => Ok(ReadyCheck::Http {
-                addr,
-                authority: authority.to_owned(),
-                path: if path.is_empty() {
-                    "/".into()
-                } else {
-                    path.into()
-                },
-            }),
-            _ => Err(format!("'{text}' has scheme '{scheme}'; {usage}")),
-        }
-    }
-}
-
-/// `IP:PORT`, `[IPv6]:PORT` or `localhost:PORT`, with a port other than 0.
-fn socket_addr(authority: &str) -> Option<SocketAddr> {
-    let addr = match authority.strip_prefix("localhost:") {
-        Some(port) => SocketAddr::from(([127, 0, 0, 1], port.parse().ok()?)),
-        None => authority.parse().ok()?,
-    };
-    (addr.port() != 0).then_some(addr)
-}
-
-impl fmt::Display for ReadyCheck {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ReadyCheck::Tcp { addr } => write!(f, "tcp://{addr}"),
-            ReadyCheck::Http {
-                authority, path, ..
-            } => write!(f, "http://{authority}{path}"),
-        }
-    }
-}
 
 impl ReadyCheck {
     /// Runs the check once; any error or a time-out counts as not ready.

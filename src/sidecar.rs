@@ -12,14 +12,16 @@ use signal_hook_tokio::Signals;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use crate::cli::{DrainConfig, SidecarArgs};
+use crate::cli::SidecarArgs;
+use crate::exit::Fatal;
+use crate::logging;
 use crate::metrics::Metrics;
 use crate::phase::{self, Action, Event, Phase};
+use crate::settings::DrainConfig;
 use crate::signals::{Rewrites, short_name};
 use crate::status::{self, Snapshot, log_stop_signal_sent};
 use crate::target::{Selector, Target};
 use crate::timers::{Timers, at};
-use crate::{EXIT_USAGE, fatal, logging};
 
 /// How often the sidecar looks for its target while it has none.
 const FIND_INTERVAL: Duration = Duration::from_secs(1);
@@ -27,12 +29,12 @@ const FIND_INTERVAL: Duration = Duration::from_secs(1);
 const MISSING_WARNING: Duration = Duration::from_secs(30);
 
 /// Runs the sidecar until its own SIGTERM or SIGINT (after any drain under way has finished).
-pub fn run(args: SidecarArgs) -> i32 {
+pub fn run(args: SidecarArgs) -> Result<i32, Fatal> {
     logging::init(&args.log);
-    let config = match args.drain.validate(&Rewrites::default()) {
-        Ok(config) => config,
-        Err(message) => return fatal(EXIT_USAGE, &message),
-    };
+    let config = args
+        .drain
+        .validate(&Rewrites::default())
+        .map_err(Fatal::usage)?;
     let selector = match (args.pid_file, args.process_name) {
         (Some(path), _) => Some(Selector::PidFile(path)),
         (None, Some(name)) => Some(Selector::ProcessName(name)),
@@ -55,21 +57,12 @@ pub fn run(args: SidecarArgs) -> i32 {
     };
     // A blocked SIGTERM would never reach the sidecar; it has no app to pass ignored signals to.
     crate::signals::take_over();
-    let runtime = match crate::runtime() {
-        Ok(runtime) => runtime,
-        Err(code) => return code,
-    };
-    runtime.block_on(async move {
-        let signals = match Signals::new([Signal::SIGTERM as i32, Signal::SIGINT as i32]) {
-            Ok(signals) => signals,
-            Err(err) => return fatal(1, &format!("cannot install signal handlers: {err}")),
-        };
+    crate::runtime()?.block_on(async move {
+        let signals = Signals::new([Signal::SIGTERM as i32, Signal::SIGINT as i32])
+            .map_err(|err| Fatal::failed(format!("cannot install signal handlers: {err}")))?;
         crate::child::raise_open_files();
-        let listener = match crate::bind(&config) {
-            Ok(listener) => listener,
-            Err(code) => return code,
-        };
-        crate::announce(&listener, &config);
+        let listener = crate::http::bind(&config)?;
+        crate::http::announce(&listener, &config);
         let mode = if selector.is_some() {
             "sidecar"
         } else {
@@ -93,7 +86,7 @@ pub fn run(args: SidecarArgs) -> i32 {
                 metrics: Arc::clone(&metrics),
             },
         ));
-        Sidecar {
+        let code = Sidecar {
             config,
             selector,
             status: status_tx,
@@ -102,7 +95,8 @@ pub fn run(args: SidecarArgs) -> i32 {
             metrics,
         }
         .run(signals, events_rx)
-        .await
+        .await;
+        Ok(code)
     })
 }
 

@@ -8,9 +8,9 @@ use serde_json::json;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::cli::{DrainConfig, ReadinessDuringDelay};
 use crate::duration;
 use crate::phase::{self, Event, Phase};
+use crate::settings::{DrainConfig, ReadinessDuringDelay};
 use crate::signals::short_name;
 
 /// The supervisor's state as last published.

@@ -14,10 +14,10 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::child::App;
-use crate::cli::{DrainConfig, QuietConfig};
 use crate::metrics::Metrics;
 use crate::phase::{self, Action, Event, Phase};
 use crate::reaper;
+use crate::settings::{DrainConfig, QuietConfig};
 use crate::signals::{self, Rewrites, short_name};
 use crate::status::{self, Snapshot, log_stop_signal_sent};
 use crate::timers::{Timers, at};

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::cli::DrainConfig;
+use crate::settings::DrainConfig;
 
 /// The deadlines armed so far; `None` while not running.
 #[derive(Default)]

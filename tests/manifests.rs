@@ -16,7 +16,8 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use lameduck::cli::{self, Cli, DrainArgs, GRACE_MARGIN, SidecarArgs};
+use lameduck::cli::{self, Cli, DrainArgs, SidecarArgs};
+use lameduck::settings::GRACE_MARGIN;
 use lameduck::signals::{SignalArg, starts_drain};
 use nix::sys::signal::Signal;
 use serde_json::Value;

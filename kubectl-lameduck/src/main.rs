@@ -89,5 +89,5 @@ fn parse() -> Cli {
 
 /// Writes one line to stderr; never panics when the stream is closed.
 pub fn say(line: std::fmt::Arguments<'_>) {
-    lameduck::say(std::io::stderr(), line);
+    lameduck::exit::say(std::io::stderr(), line);
 }

@@ -10,9 +10,8 @@ use nix::sys::signal::Signal;
 use serde_json::{Map, Value, json};
 
 use super::journal::{self, Journal, escape};
-use ::lameduck::cli::GRACE_MARGIN;
 use ::lameduck::duration;
-use ::lameduck::readiness::ReadyCheck;
+use ::lameduck::settings::{GRACE_MARGIN, ReadyCheck};
 use ::lameduck::signals::{SignalArg, short_name};
 
 /// Every annotation inject reads or writes starts with this.

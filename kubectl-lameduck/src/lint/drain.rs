@@ -11,8 +11,8 @@ use super::manifest::{Container, Handler, Path, Pod};
 use super::report::{Findings, Rule};
 use super::yaml::Node;
 use crate::servers::{self, Server};
-use ::lameduck::cli::{GRACE_MARGIN, ReadinessDuringDelay};
 use ::lameduck::duration;
+use ::lameduck::settings::{GRACE_MARGIN, ReadinessDuringDelay};
 use ::lameduck::signals::short_name;
 
 /// Kubernetes' probe defaults: `periodSeconds`, `failureThreshold`, `timeoutSeconds`.

@@ -11,7 +11,8 @@ use nix::sys::signal::Signal;
 
 use super::manifest::{Container, Path};
 use super::yaml::Node;
-use ::lameduck::cli::{self, Cli, DrainArgs, Mode, ReadinessDuringDelay};
+use ::lameduck::cli::{self, Cli, DrainArgs, Mode};
+use ::lameduck::settings::ReadinessDuringDelay;
 use ::lameduck::signals::Rewrites;
 
 /// How a container runs lameduck.

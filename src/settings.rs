@@ -1,0 +1,150 @@
+//! Validated settings and the value parsers of lameduck's flags: what the rest of lameduck
+//! runs on. A leaf: it knows nothing of clap (`cli` turns flags into these) nor of the engine.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+
+/// How long before the kubelet's SIGKILL lameduck's own final kill must come.
+pub const GRACE_MARGIN: Duration = Duration::from_secs(2);
+
+/// A secret that never shows in logs or debug output.
+#[derive(Clone)]
+pub struct Token(pub String);
+
+impl std::str::FromStr for Token {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        if text.is_empty() || text.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err("the token must be non-empty, without spaces or control characters".into());
+        }
+        Ok(Token(text.to_owned()))
+    }
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(***)")
+    }
+}
+
+/// The adaptive delay after validation.
+#[derive(Clone, Debug)]
+pub struct QuietConfig {
+    /// How long without traffic (a new connection or bytes on one) counts as quiet.
+    pub period: Duration,
+    /// The earliest the stop signal may go out after the drain began.
+    pub min_delay: Duration,
+    /// Ports to watch; empty means the ports the app listens on.
+    pub app_ports: Vec<u16>,
+}
+
+/// What `/readyz` answers while the shutdown delay runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadinessDuringDelay {
+    /// Fail at once: load balancers that health-check the pod stop sending traffic.
+    Fail,
+    /// Keep passing until the stop signal: kube-proxy may still fall back to this endpoint.
+    Pass,
+}
+
+/// The drain settings after validation.
+#[derive(Clone, Debug)]
+pub struct DrainConfig {
+    /// Where the endpoints listen.
+    pub listen: SocketAddr,
+    /// Time between the start of the drain and the stop signal.
+    pub shutdown_delay: Duration,
+    /// Time the app has to exit after its stop signal.
+    pub drain_timeout: Duration,
+    /// The signal that asks the app to stop.
+    pub stop_signal: Signal,
+    /// What /readyz answers during the shutdown delay.
+    pub readiness_during_delay: ReadinessDuringDelay,
+    /// With a grace period: the time after the start of the drain (preStop included) at which
+    /// lameduck kills what is left, whatever the drain timeout says, a fixed margin before the
+    /// kubelet's SIGKILL.
+    pub kill_budget: Option<Duration>,
+    /// The bearer token /prestop demands, if any.
+    pub prestop_token: Option<Token>,
+}
+
+/// Where and how to ask the app whether it is ready.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReadyCheck {
+    /// Ready once a TCP connection to `addr` succeeds.
+    Tcp {
+        /// Where to connect.
+        addr: SocketAddr,
+    },
+    /// Ready once `GET path` on `addr` answers 2xx or 3xx.
+    Http {
+        /// Where to connect.
+        addr: SocketAddr,
+        /// The HOST:PORT as written, sent as the Host header.
+        authority: String,
+        /// Path and query, starting with `/`.
+        path: String,
+    },
+}
+
+impl FromStr for ReadyCheck {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let usage = "write it as tcp://HOST:PORT or http://HOST:PORT/PATH";
+        let (scheme, rest) = text
+            .split_once("://")
+            .ok_or_else(|| format!("'{text}' is not a URL; {usage}"))?;
+        let (authority, path) = match rest.find('/') {
+            Some(slash) => (&rest[..slash], &rest[slash..]),
+            None => (rest, ""),
+        };
+        let addr = socket_addr(authority).ok_or_else(|| {
+            format!("'{text}' needs an IP address or localhost and a port, e.g. 127.0.0.1:8080 (lameduck does not resolve host names: it runs in images without a resolver)")
+        })?;
+        if path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(format!(
+                "'{text}' has a space or control character in its path"
+            ));
+        }
+        match scheme {
+            "tcp" if path.is_empty() || path == "/" => Ok(ReadyCheck::Tcp { addr }),
+            "tcp" => Err(format!("'{text}': a tcp check takes no path; {usage}")),
+            "http" => Ok(ReadyCheck::Http {
+                addr,
+                authority: authority.to_owned(),
+                path: if path.is_empty() {
+                    "/".into()
+                } else {
+                    path.into()
+                },
+            }),
+            _ => Err(format!("'{text}' has scheme '{scheme}'; {usage}")),
+        }
+    }
+}
+
+/// `IP:PORT`, `[IPv6]:PORT` or `localhost:PORT`, with a port other than 0.
+fn socket_addr(authority: &str) -> Option<SocketAddr> {
+    let addr = match authority.strip_prefix("localhost:") {
+        Some(port) => SocketAddr::from(([127, 0, 0, 1], port.parse().ok()?)),
+        None => authority.parse().ok()?,
+    };
+    (addr.port() != 0).then_some(addr)
+}
+
+impl fmt::Display for ReadyCheck {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReadyCheck::Tcp { addr } => write!(f, "tcp://{addr}"),
+            ReadyCheck::Http {
+                authority, path, ..
+            } => write!(f, "http://{authority}{path}"),
+        }
+    }
+}
