@@ -6,6 +6,7 @@
 //! - `lint` owns the command `lint`: reading manifests, the rules, and the report.
 //! - `inject` owns the command `inject` and the pod decisions the webhook shares.
 //! - `servers` owns the table of known servers (stop signals, own bounds), read by `lint`.
+//! - `webhook` owns the command `webhook`: the admission webhook that runs `inject` in the cluster.
 
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
@@ -13,6 +14,7 @@
 mod inject;
 mod lint;
 pub mod servers;
+mod webhook;
 
 use clap::{Parser, Subcommand};
 
@@ -39,6 +41,8 @@ enum Command {
     Lint(lint::LintArgs),
     /// Print the same manifests with lameduck added (or, with --remove, taken out).
     Inject(inject::InjectArgs),
+    /// Serve a mutating admission webhook that injects lameduck into opted-in pods.
+    Webhook(webhook::WebhookArgs),
 }
 
 fn main() {
@@ -46,6 +50,7 @@ fn main() {
     let code = match cli.command {
         Command::Lint(args) => lint::run(&args),
         Command::Inject(args) => inject::run(&args),
+        Command::Webhook(args) => webhook::run(args),
     };
     std::process::exit(code);
 }

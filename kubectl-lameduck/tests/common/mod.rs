@@ -1,0 +1,3 @@
+//! Helpers the plugin's integration tests and benchmarks share.
+
+pub mod webhook;
