@@ -116,7 +116,9 @@ fn the_kubernetes_docs_example_review_is_allowed_unchanged_with_its_uid() {
 #[test]
 fn a_pod_annotated_disabled_is_left_alone_in_an_opted_in_namespace() {
     let setup = setup("webhook-opt-out");
-    let review = pod_review("shop", |pod| annotate(pod, "lameduck.io/inject", "disabled"));
+    let review = pod_review("shop", |pod| {
+        annotate(pod, "lameduck.io/inject", "disabled")
+    });
     assert_left_alone(&setup.review("/mutate", &review));
 }
 
@@ -154,10 +156,12 @@ fn an_unknown_annotation_value_admits_the_pod_unchanged_with_a_warning() {
     assert!(warning.contains("lameduck.io/inject"), "{response}");
     let logged = setup
         .webhook
-        .log()
-        .into_iter()
-        .any(|line| line["outcome"] == "refused" && line["uid"] == review["request"]["uid"]);
-    assert!(logged, "no log line for the refusal: {:?}", setup.webhook.log());
+        .logged(|line| line["outcome"] == "refused" && line["uid"] == review["request"]["uid"]);
+    assert!(
+        logged,
+        "no log line for the refusal: {:?}",
+        setup.webhook.log()
+    );
 }
 
 // =============================================================================================
@@ -203,7 +207,11 @@ fn each_bad_body_gets_a_400_with_one_line_and_the_server_keeps_serving() {
             with(&|r| r["kind"] = json!("ConversionReview")),
             "kind",
         ),
-        ("no request", with(&|r| r["request"] = Value::Null), "no request"),
+        (
+            "no request",
+            with(&|r| r["request"] = Value::Null),
+            "no request",
+        ),
         (
             "no uid",
             with(&|r| {
@@ -276,7 +284,10 @@ fn a_key_that_does_not_match_the_certificate_exits_2_with_one_line() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(stderr.starts_with("kubectl-lameduck: webhook: "), "{stderr}");
+    assert!(
+        stderr.starts_with("kubectl-lameduck: webhook: "),
+        "{stderr}"
+    );
     assert!(stderr.contains("do not make a serving pair"), "{stderr}");
 }
 
@@ -307,8 +318,7 @@ fn a_rotated_certificate_is_served_to_new_connections_and_no_review_fails() {
             rt.spawn(async move {
                 let mut kept = Client::connect(addr, &ca).await.unwrap();
                 let started = Instant::now();
-                while !stop.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(30)
-                {
+                while !stop.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(30) {
                     let reply = if fresh_each_time {
                         match Client::connect(addr, &ca).await {
                             Ok(mut client) => client.post("/mutate", body.clone()).await,
@@ -347,14 +357,18 @@ fn a_rotated_certificate_is_served_to_new_connections_and_no_review_fails() {
         rt.block_on(sender).unwrap();
     }
     let (sent, failed) = (sent.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
-    assert!(served_new, "new connections still get the old certificate after 5s");
+    assert!(
+        served_new,
+        "new connections still get the old certificate after 5s"
+    );
     assert!(sent > 50, "only {sent} reviews sent");
-    assert_eq!(failed, 0, "{failed} of {sent} reviews failed across the rotation");
+    assert_eq!(
+        failed, 0,
+        "{failed} of {sent} reviews failed across the rotation"
+    );
     let reloaded = setup
         .webhook
-        .log()
-        .iter()
-        .any(|line| line["message"] == "serving certificate reloaded");
+        .logged(|line| line["message"] == "serving certificate reloaded");
     assert!(reloaded, "no reload logged");
 }
 
@@ -370,11 +384,11 @@ fn a_new_certificate_with_the_old_key_is_not_served() {
     std::thread::sleep(Duration::from_millis(2500));
     let client = setup.client(&rt);
     assert_eq!(client.served, first, "a mismatched pair was swapped in");
-    let warned = setup
-        .webhook
-        .log()
-        .iter()
-        .any(|line| line["message"].as_str().is_some_and(|m| m.contains("not reloaded")));
+    let warned = setup.webhook.logged(|line| {
+        line["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("not reloaded"))
+    });
     assert!(warned, "no warning logged: {:?}", setup.webhook.log());
 }
 
@@ -417,13 +431,22 @@ fn assert_is_injects_own(name: &str, review: &Value, pod: &Value) {
 
     // The API server names a generateName pod after admission; the schema wants the name.
     let mut stored = pod.clone();
-    let generated = format!("{}x7k2p", pod["metadata"]["generateName"].as_str().unwrap_or("pod-"));
+    let generated = format!(
+        "{}x7k2p",
+        pod["metadata"]["generateName"].as_str().unwrap_or("pod-")
+    );
     stored["metadata"]["name"] = json!(generated);
     let result = dir.join("patched.json");
     std::fs::write(&result, stored.to_string()).unwrap();
     for version in ["1.29.0", "1.37.0"] {
         let output = std::process::Command::new("python3")
-            .args(["-m", "kubernetes_validate", "--strict", "--kubernetes-version", version])
+            .args([
+                "-m",
+                "kubernetes_validate",
+                "--strict",
+                "--kubernetes-version",
+                version,
+            ])
             .arg(&result)
             .output()
             .expect("python3 -m kubernetes_validate (scripts/test.sh installs it)");
@@ -435,7 +458,11 @@ fn assert_is_injects_own(name: &str, review: &Value, pod: &Value) {
         );
     }
     let (code, stdout, stderr) = plugin(&["lint", result.to_str().unwrap()]);
-    assert_eq!(code, Some(0), "lint is not clean on the patched pod:\n{stdout}{stderr}");
+    assert_eq!(
+        code,
+        Some(0),
+        "lint is not clean on the patched pod:\n{stdout}{stderr}"
+    );
 }
 
 #[test]
@@ -479,13 +506,18 @@ fn a_pod_inject_refuses_is_admitted_unchanged_with_a_warning_and_a_log_line() {
     let response = setup.review("/mutate", &review);
     assert_unchanged(&response);
     let warning = response["warnings"][0].as_str().unwrap_or_default();
-    assert!(warning.contains("nginx"), "the warning names no container: {response}");
+    assert!(
+        warning.contains("nginx"),
+        "the warning names no container: {response}"
+    );
     let logged = setup
         .webhook
-        .log()
-        .into_iter()
-        .any(|line| line["outcome"] == "refused" && line["uid"] == review["request"]["uid"]);
-    assert!(logged, "no log line for the refusal: {:?}", setup.webhook.log());
+        .logged(|line| line["outcome"] == "refused" && line["uid"] == review["request"]["uid"]);
+    assert!(
+        logged,
+        "no log line for the refusal: {:?}",
+        setup.webhook.log()
+    );
 }
 
 /// Pod-create reviews for the pods the Deployments in `examples/` create: they run lameduck.
@@ -511,7 +543,11 @@ fn example_pod_reviews() -> Vec<(String, Value)> {
             reviews.push((path.display().to_string(), review));
         }
     }
-    assert!(reviews.len() >= 3, "found only {} example Deployments", reviews.len());
+    assert!(
+        reviews.len() >= 3,
+        "found only {} example Deployments",
+        reviews.len()
+    );
     reviews
 }
 

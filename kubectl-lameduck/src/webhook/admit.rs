@@ -73,7 +73,11 @@ pub fn admit(request: &Value, scope: Scope, options: &inject::Options) -> Decisi
     let is_pod = kind["group"].as_str() == Some("")
         && kind["version"].as_str() == Some("v1")
         && kind["kind"].as_str() == Some("Pod");
-    if !is_pod || request["subResource"].as_str().is_some_and(|s| !s.is_empty()) {
+    if !is_pod
+        || request["subResource"]
+            .as_str()
+            .is_some_and(|s| !s.is_empty())
+    {
         return Decision::skip("not a pod");
     }
     if request["operation"].as_str() != Some("CREATE") {

@@ -49,7 +49,11 @@ impl Metrics {
         let reviews = Family::<Labels, Counter>::default();
         // 0.1 ms to ~3.3 s: the API server's own timeout (timeoutSeconds: 5) is the upper end.
         let latency = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
-        registry.register("reviews", "Admission reviews answered, by result", reviews.clone());
+        registry.register(
+            "reviews",
+            "Admission reviews answered, by result",
+            reviews.clone(),
+        );
         registry.register(
             "review_duration_seconds",
             "Time from a review's first byte read to its answer",

@@ -70,7 +70,7 @@ pub struct WebhookArgs {
 pub fn run(args: WebhookArgs) -> i32 {
     lameduck::logging::init(&LogArgs {
         log_format: LogFormat::Json,
-        log_level: args.log_level,
+        log_level: Some(args.log_level),
     });
     let fail = |code: i32, line: String| {
         say(format_args!("kubectl-lameduck: webhook: {line}"));
@@ -103,7 +103,12 @@ pub fn run(args: WebhookArgs) -> i32 {
     runtime.block_on(async move {
         let listener = match tokio::net::TcpListener::bind(args.listen).await {
             Ok(listener) => listener,
-            Err(err) => return fail(EXIT_USAGE, format!("cannot listen on {}: {err}", args.listen)),
+            Err(err) => {
+                return fail(
+                    EXIT_USAGE,
+                    format!("cannot listen on {}: {err}", args.listen),
+                );
+            }
         };
         let addr = listener.local_addr().map_or(args.listen, |a| a);
         let stop = match stop_signal() {

@@ -76,7 +76,8 @@ mod tests {
 
     #[test]
     fn a_review_without_a_uid_is_refused() {
-        let body = r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":""}}"#;
+        let body =
+            r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":""}}"#;
         assert_eq!(reason(body), "the request has no uid");
     }
 

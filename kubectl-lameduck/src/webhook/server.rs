@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
+use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -69,8 +69,7 @@ pub async fn serve(
         let state = Arc::clone(&state);
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
-            {
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(err)) => {
                     tracing::debug!(%peer, error = %err, "TLS handshake failed");
@@ -103,6 +102,35 @@ pub async fn serve(
     {
         tracing::warn!("reviews still in flight after {STOP_TIMEOUT:?}; stopping anyway");
     }
+}
+
+/// Past this much, an oversized body is no longer read to its end: the connection is dropped.
+const DISCARD_LIMIT: usize = 8 * MAX_BODY;
+
+/// Reads a body of at most [`MAX_BODY`]. A larger one is read on and thrown away (up to
+/// [`DISCARD_LIMIT`]) so that its client, still writing, gets to read the 400 that says why.
+async fn read_body(mut body: Incoming) -> Result<Vec<u8>, String> {
+    let mut kept = Vec::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|err| format!("cannot read the body: {err}"))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        seen = seen.saturating_add(data.len());
+        if seen <= MAX_BODY {
+            kept.extend_from_slice(&data);
+        } else if seen > DISCARD_LIMIT {
+            break;
+        }
+    }
+    if seen > MAX_BODY {
+        return Err(format!(
+            "the body is larger than {} MiB",
+            MAX_BODY / (1024 * 1024)
+        ));
+    }
+    Ok(kept)
 }
 
 fn answer(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Answer {
@@ -164,19 +192,9 @@ async fn review(
         tracing::warn!(%peer, error = %line, "bad review");
         (text(StatusCode::BAD_REQUEST, &line), Outcome::BadRequest)
     };
-    let too_large = || format!("the body is larger than {} MiB", MAX_BODY / (1024 * 1024));
-    let declared = request
-        .headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > MAX_BODY as u64) {
-        return bad(too_large());
-    }
-    let body = match Limited::new(request.into_body(), MAX_BODY).collect().await {
-        Ok(body) => body.to_bytes(),
-        Err(err) if err.is::<http_body_util::LengthLimitError>() => return bad(too_large()),
-        Err(err) => return bad(format!("cannot read the body: {err}")),
+    let body = match read_body(request.into_body()).await {
+        Ok(body) => body,
+        Err(line) => return bad(line),
     };
     let review = match review::parse(&body) {
         Ok(review) => review,

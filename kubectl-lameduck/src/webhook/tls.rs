@@ -51,7 +51,12 @@ fn certified_key(
 ) -> Result<CertifiedKey, String> {
     let chain = CertificateDer::pem_slice_iter(&contents.cert)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|err| format!("{}: not a PEM certificate chain: {err}", files.cert.display()))?;
+        .map_err(|err| {
+            format!(
+                "{}: not a PEM certificate chain: {err}",
+                files.cert.display()
+            )
+        })?;
     if chain.is_empty() {
         return Err(format!("{}: no certificate in it", files.cert.display()));
     }

@@ -188,6 +188,18 @@ impl Webhook {
             .collect()
     }
 
+    /// Whether a log line matching `wanted` appears within 5s (the reader thread lags a little).
+    pub fn logged(&self, wanted: impl Fn(&serde_json::Value) -> bool) -> bool {
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(5) {
+            if self.log().iter().any(&wanted) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
     pub fn pid(&self) -> i32 {
         i32::try_from(self.child.id()).unwrap()
     }
@@ -273,7 +285,10 @@ impl Client {
     }
 
     pub async fn send(&mut self, method: &str, path: &str, body: Vec<u8>) -> Result<Reply, String> {
-        self.sender.ready().await.map_err(|e| format!("not ready: {e}"))?;
+        self.sender
+            .ready()
+            .await
+            .map_err(|e| format!("not ready: {e}"))?;
         let request = hyper::Request::builder()
             .method(method)
             .uri(path)
