@@ -222,19 +222,38 @@ struct Manifest {
     docs: Vec<Value>,
 }
 
+/// `examples/*.yaml` and the admission webhook's `examples/webhook/*.yaml`.
 fn example_files() -> Vec<PathBuf> {
-    let dir = Path::new(ROOT).join("examples");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|err| panic!("cannot read {}: {err}", dir.display()))
-        .map(|entry| entry.expect("a directory entry").path())
-        .filter(|path| {
-            path.extension()
-                .is_some_and(|ext| ext == "yaml" || ext == "yml")
-        })
-        .collect();
+    let mut files = Vec::new();
+    for dir in ["examples", "examples/webhook"] {
+        let dir = Path::new(ROOT).join(dir);
+        let yaml: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|err| panic!("cannot read {}: {err}", dir.display()))
+            .map(|entry| entry.expect("a directory entry").path())
+            .filter(|path| {
+                path.extension()
+                    .is_some_and(|ext| ext == "yaml" || ext == "yml")
+            })
+            .collect();
+        assert!(!yaml.is_empty(), "no YAML files in {}", dir.display());
+        files.extend(yaml);
+    }
     files.sort();
-    assert!(!files.is_empty(), "no YAML files in {}", dir.display());
     files
+}
+
+/// Asserts a kubernetes-validate run passed, and that the only kinds it had no schema for (and
+/// so did not check) are cert-manager's CRDs, which no Kubernetes release ships.
+fn assert_validated(ran: &Ran) {
+    assert!(ran.ok(), "{}", ran.describe());
+    for line in ran.stdout.lines().chain(ran.stderr.lines()) {
+        if line.contains("Couldn't find schema") {
+            assert!(
+                line.contains("api version cert-manager.io/"),
+                "a kind without a schema, so never checked: {line}"
+            );
+        }
+    }
 }
 
 fn manifests() -> &'static [Manifest] {
@@ -758,16 +777,14 @@ fn wrapper_dockerfiles() -> Vec<Dockerfile> {
 #[test]
 fn every_example_manifest_passes_strict_schema_validation_for_kubernetes_1_37() {
     for file in example_files() {
-        let ran = kubernetes_validate(&file, KUBERNETES_VERSION);
-        assert!(ran.ok(), "{}", ran.describe());
+        assert_validated(&kubernetes_validate(&file, KUBERNETES_VERSION));
     }
 }
 
 #[test]
 fn every_example_manifest_is_valid_for_kubernetes_1_29_where_native_sidecars_are_on_by_default() {
     for file in example_files() {
-        let ran = kubernetes_validate(&file, OLDEST_KUBERNETES_VERSION);
-        assert!(ran.ok(), "{}", ran.describe());
+        assert_validated(&kubernetes_validate(&file, OLDEST_KUBERNETES_VERSION));
     }
 }
 

@@ -43,12 +43,13 @@ fn readme_documents_every_flag_of_every_mode() {
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
         .expect("README.md");
     let (lameduck, plugin) = (common::lameduck(), plugin());
-    let modes: [(&std::path::Path, &[&str]); 5] = [
+    let modes: [(&std::path::Path, &[&str]); 6] = [
         (&lameduck, &[]),
         (&lameduck, &["sidecar"]),
         (&lameduck, &["install"]),
         (&plugin, &["lint"]),
         (&plugin, &["inject"]),
+        (&plugin, &["webhook"]),
     ];
     for (program, mode) in modes {
         let flags = flags_of(program, mode);
