@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs every lameduck test on a fresh Debian machine: installs what the tests need when it is
-# missing (nginx, HAProxy, util-linux's unshare, Python for the manifest checks), then runs the
-# whole suite. Needs root (the tests make PID namespaces), a running Docker Engine (the
-# container tests) and a Rust toolchain 1.90+ (its default linker, rust-lld, folds identical code).
+# missing (nginx, HAProxy, Apache httpd, Caddy, lighttpd, gunicorn, util-linux's unshare, Python
+# for the manifest checks), then runs the whole suite. Needs root (the tests make PID
+# namespaces), a running Docker Engine (the container tests) and a Rust toolchain 1.90+ (its
+# default linker, rust-lld, folds identical code).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,6 +20,11 @@ missing=()
 command -v unshare >/dev/null || missing+=(util-linux)
 command -v nginx >/dev/null || missing+=(nginx)
 command -v haproxy >/dev/null || missing+=(haproxy)
+# The other servers tests/servers.rs drains (Apache httpd, Caddy, lighttpd, gunicorn).
+command -v apache2 >/dev/null || missing+=(apache2)
+command -v caddy >/dev/null || missing+=(caddy)
+command -v lighttpd >/dev/null || missing+=(lighttpd)
+command -v gunicorn >/dev/null || missing+=(gunicorn)
 command -v kubectl >/dev/null || missing+=(kubernetes-client)
 command -v python3 >/dev/null || missing+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)

@@ -2,7 +2,9 @@
 //! draining pod only from its health checks: a generated config in a temp dir (HTTP mode, round
 //! robin, `retries 0`, no redispatch, an HTTP check every 200 ms unless a scenario asks for
 //! slower ones), run in the foreground and killed by pid on drop. Its stats socket tells which
-//! servers it sees UP. Also hands out the loopback addresses the scenarios listen on. Like
+//! servers it sees UP. In TCP mode (`start_tcp`) it stands for kube-proxy instead: no checks,
+//! connections pinned to the backend they were opened to, and a server taken out only by the
+//! runtime API (`take_out`), which leaves its established connections alone. Also hands out the loopback addresses the scenarios listen on. Like
 //! nginx.rs it needs only std and the parent module's `wait_until`, so the benchmark
 //! (benches/zero_downtime/driver.rs) includes it too.
 
@@ -137,6 +139,70 @@ backend {BACKEND}
                 server.check.port()
             ));
         }
+        Haproxy::run(dir, listen, config)
+    }
+
+    /// Starts HAProxy in TCP mode on `listen` over `servers`, as kube-proxy balances a Service:
+    /// each new connection goes to the next server (round robin), and stays with it for its
+    /// whole life; no health check, so readiness changes nothing until `take_out`.
+    pub fn start_tcp(label: &str, listen: SocketAddr, servers: &[Server]) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "lameduck-haproxy-tcp-{label}-{}-{}",
+            std::process::id(),
+            listen.port()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("haproxy dir");
+        let d = dir.display();
+        let mut config = format!(
+            "global
+    nbthread 1
+    maxconn 2000
+    stats socket {d}/admin.sock mode 600 level admin
+    log stderr format raw local0 info
+defaults
+    mode tcp
+    log global
+    option tcplog
+    retries 0
+    timeout connect 1s
+    timeout client 30s
+    timeout server 30s
+frontend front
+    bind {listen}
+    default_backend {BACKEND}
+backend {BACKEND}
+    balance roundrobin
+"
+        );
+        for server in servers {
+            config.push_str(&format!("    server {} {}\n", server.name, server.addr));
+        }
+        Haproxy::run(dir, listen, config)
+    }
+
+    /// Takes `server` out of rotation through the runtime API, as an endpoint update reaches
+    /// kube-proxy: new connections go elsewhere, established ones stay.
+    pub fn take_out(&self, server: &str) {
+        let answer = self.command(&format!("set server {BACKEND}/{server} state maint"));
+        assert!(
+            answer.as_deref().is_some_and(|a| a.trim().is_empty()),
+            "haproxy refused to take {server} out: {answer:?}"
+        );
+    }
+
+    /// Sends one runtime API command; returns the answer.
+    fn command(&self, command: &str) -> Option<String> {
+        let mut socket = UnixStream::connect(self.dir.join("admin.sock")).ok()?;
+        socket.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        socket.write_all(format!("{command}\n").as_bytes()).ok()?;
+        let mut answer = String::new();
+        socket.read_to_string(&mut answer).ok()?;
+        Some(answer)
+    }
+
+    /// Runs HAProxy on the config written into `dir`, until its stats socket answers.
+    fn run(dir: PathBuf, listen: SocketAddr, config: String) -> Self {
         let config_path = dir.join("haproxy.cfg");
         std::fs::write(&config_path, config).expect("haproxy.cfg");
         let log = File::create(dir.join("haproxy.log")).expect("haproxy.log");
@@ -165,11 +231,7 @@ backend {BACKEND}
     /// Each server's name and status as HAProxy sees it (`UP`, `DOWN`, `UP 1/2` while going
     /// down, ...), from `show stat` on the stats socket; None when the socket does not answer.
     pub fn states(&self) -> Option<Vec<(String, String)>> {
-        let mut socket = UnixStream::connect(self.dir.join("admin.sock")).ok()?;
-        socket.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-        socket.write_all(b"show stat\n").ok()?;
-        let mut csv = String::new();
-        socket.read_to_string(&mut csv).ok()?;
+        let csv = self.command("show stat")?;
         let mut lines = csv.lines();
         let header: Vec<&str> = lines.next()?.trim_start_matches("# ").split(',').collect();
         let column = |name: &str| header.iter().position(|c| *c == name);

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod apps;
 pub mod docker;
 pub mod haproxy;
 pub mod kubelet;

@@ -1,0 +1,375 @@
+//! Zero dropped requests for each known server, not just nginx: Apache httpd, HAProxy as the
+//! app, Caddy, lighttpd and gunicorn (and nginx again, through the same harness), each under
+//! lameduck as PID 1 with the stop signal the table of known servers
+//! (kubectl-lameduck/src/servers.rs, read here) gives it. Behind the front HAProxy in three
+//! ways: a new connection per request and keep-alive clients through an L7 balancer that
+//! health-checks `/readyz`; and per-request connections through an L4 balancer that, as
+//! kube-proxy, takes the pod out a fixed time after its drain starts, whatever readiness says.
+//! Then the signal itself: responses in flight when lameduck sends the table's graceful signal
+//! all complete, and a fast-stop signal from the same table cuts them.
+
+mod common;
+#[allow(dead_code)]
+#[path = "../kubectl-lameduck/src/servers.rs"]
+mod known;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use common::apps::{App, Kind, SLOW_BYTES};
+use common::haproxy::{Haproxy, Server, free_addrs};
+use common::load::{Connections, Load, Outcome, Plan, Report};
+use common::nginx::Nginx;
+use common::{Lameduck, Mode, get, wait_until};
+use nix::sys::signal::Signal;
+
+/// The shutdown delay: over the L7 balancer's detection time (two checks 200 ms apart) and
+/// the L4 balancer's `TAKE_OUT_AFTER`.
+const DELAY: Duration = Duration::from_secs(2);
+const DELAY_FLAG: &str = "2s";
+/// When the L4 balancer takes the draining pod out, after its drain began: as an endpoint
+/// update reaches kube-proxy, late but within the delay.
+const TAKE_OUT_AFTER: Duration = Duration::from_secs(1);
+/// How long one `/slow` request takes.
+const SLOW: Duration = Duration::from_millis(400);
+/// Room for a busy machine in the upper bounds on exit times.
+const SLACK: Duration = Duration::from_secs(3);
+/// Requests in flight at any moment.
+const WORKERS: usize = 8;
+/// Load before the drain, so the drained pod serves its share first, and after it exited, so
+/// the survivor is seen serving alone.
+const STEADY: Duration = Duration::from_secs(1);
+
+/// The balancer in front of the pods.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Front {
+    /// HTTP mode, checking lameduck's `/readyz` every 200 ms.
+    L7,
+    /// TCP mode, no checks; the pod is taken out `TAKE_OUT_AFTER` its drain began.
+    L4,
+}
+
+/// The table's entry for `kind`.
+fn entry(kind: Kind) -> &'static known::Server {
+    known::SERVERS
+        .iter()
+        .find(|s| s.name == kind.table_name())
+        .unwrap_or_else(|| panic!("{} is not in the table of known servers", kind.id()))
+}
+
+fn signal_name(signal: Signal) -> &'static str {
+    signal.as_str().trim_start_matches("SIG")
+}
+
+/// One pod: the server under lameduck, PID 1 of its own PID namespace.
+struct Pod {
+    name: &'static str,
+    run: Lameduck,
+    /// lameduck's endpoints, where the L7 balancer checks `/readyz`.
+    endpoints: SocketAddr,
+    /// Dropped after `run`, so the server is gone before its folder is removed.
+    app: App,
+}
+
+impl Pod {
+    /// Starts the pod with `stop_signal` and `drain` flags, and waits until lameduck reports it
+    /// ready, which with `--ready-check` means the server answers.
+    fn start(
+        kind: Kind,
+        test: &str,
+        name: &'static str,
+        [addr, endpoints]: [SocketAddr; 2],
+        upstream: Option<SocketAddr>,
+        stop_signal: Signal,
+        drain: &[&str],
+    ) -> Self {
+        let app = App::new(kind, test, name, addr, upstream);
+        let args = app.under_lameduck(endpoints, signal_name(stop_signal), drain);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let env = app.env();
+        let run = Lameduck::start_with(Mode::Pid1, &args, |command| {
+            command.envs(env);
+        });
+        let pod = Pod {
+            name,
+            run,
+            endpoints,
+            app,
+        };
+        // The listening line comes once the endpoints accept connections.
+        assert_eq!(pod.run.addr(), endpoints);
+        assert!(
+            wait_until(Duration::from_secs(15), || get(pod.endpoints, "/readyz").0
+                == 200
+                && pod.app.started(&pod.run.stderr.all())),
+            "{} {name} never became ready: {:#?}",
+            kind.id(),
+            pod.run.stderr.all()
+        );
+        pod
+    }
+
+    /// How a balancer reaches it.
+    fn server(&self) -> Server {
+        Server {
+            name: self.name.into(),
+            addr: self.app.addr,
+            check: self.endpoints,
+        }
+    }
+}
+
+/// The slow upstream a proxy (HAProxy, Caddy) sends `/slow` to, outside the pods.
+fn upstream(kind: Kind, test: &str, addr: SocketAddr) -> Option<Nginx> {
+    kind.needs_upstream()
+        .then(|| Nginx::start(&format!("upstream-{test}"), addr))
+}
+
+fn start_load(target: SocketAddr, connections: Connections, workers: usize) -> Load {
+    Load::start(Plan {
+        target,
+        path: "/slow".into(),
+        body_len: SLOW_BYTES,
+        workers,
+        connections,
+        max_duration: Duration::from_secs(60),
+        max_requests: 10_000,
+    })
+}
+
+/// Two pods of `kind` behind `front`; b1 is drained by SIGTERM under load from clients using
+/// `connections`. No request may fail, b1 must have served before and had requests in flight
+/// at SIGTERM, exit 0 after its delay and soon after, and b2 must serve on alone.
+fn drain_one_of_two(kind: Kind, ip: Ipv4Addr, front: Front, connections: Connections) {
+    let test = format!(
+        "{}-{front:?}-{connections:?}",
+        kind.id().to_ascii_lowercase()
+    );
+    let graceful = entry(kind).graceful_stop;
+    let [b1_app, b1_ep, b2_app, b2_ep, listen, up]: [SocketAddr; 6] =
+        free_addrs(ip, 6).try_into().expect("6 addresses");
+    let upstream = upstream(kind, &test, up);
+    let up = upstream.as_ref().map(|u| u.config.addr);
+    let drain = ["--shutdown-delay", DELAY_FLAG];
+    let mut b1 = Pod::start(kind, &test, "b1", [b1_app, b1_ep], up, graceful, &drain);
+    let b2 = Pod::start(kind, &test, "b2", [b2_app, b2_ep], up, graceful, &drain);
+    let haproxy = match front {
+        Front::L7 => {
+            let haproxy = Haproxy::start(&test, listen, "/readyz", &[b1.server(), b2.server()]);
+            assert!(
+                haproxy.wait_for(&[("b1", "UP"), ("b2", "UP")], Duration::from_secs(10)),
+                "{:?}\n{}",
+                haproxy.states(),
+                haproxy.log()
+            );
+            haproxy
+        }
+        Front::L4 => Haproxy::start_tcp(&test, listen, &[b1.server(), b2.server()]),
+    };
+
+    let load = start_load(listen, connections, WORKERS);
+    std::thread::sleep(STEADY);
+    let began = Instant::now();
+    b1.run.signal(Signal::SIGTERM);
+    if front == Front::L4 {
+        std::thread::sleep(TAKE_OUT_AFTER);
+        haproxy.take_out("b1");
+    }
+    let exit_within = DELAY + SLOW + b1.app.exit_lag() + SLACK;
+    let exit_code = b1.run.wait_exit(exit_within);
+    let took = began.elapsed();
+    std::thread::sleep(STEADY);
+    let report = load.stop();
+
+    let log = b1.run.stderr.all();
+    let context = || {
+        format!(
+            "{} {front:?} {connections:?}; times in ms from SIGTERM\n{}\nhaproxy log:\n{}\nb1 log: {log:#?}",
+            kind.id(),
+            report.summary(began),
+            haproxy.log_tail(30)
+        )
+    };
+    assert!(
+        report.failures().is_empty(),
+        "requests failed: {}",
+        context()
+    );
+    assert_eq!(exit_code, 0, "b1 exit code: {}", context());
+    assert!(
+        took >= DELAY,
+        "b1 exited {took:?} after SIGTERM, before the delay: {}",
+        context()
+    );
+    assert!(
+        took <= exit_within,
+        "b1 took {took:?} to exit: {}",
+        context()
+    );
+    served_before_and_in_flight(&report, "b1", began, &context);
+    assert!(
+        report
+            .records
+            .iter()
+            .any(|r| r.served_by("b2") && r.start > began + took),
+        "b2 served nothing after b1 left: {}",
+        context()
+    );
+    if front == Front::L7 && connections == Connections::KeepAlive {
+        // The L7 balancer picks a server per request: the clients' connections outlive the drain.
+        assert_eq!(
+            report.connections(),
+            WORKERS,
+            "keep-alive clients had to reconnect: {}",
+            context()
+        );
+    }
+}
+
+/// `pod` served before `instant`, and had requests in flight then, all of which completed.
+fn served_before_and_in_flight(
+    report: &Report,
+    pod: &str,
+    instant: Instant,
+    context: &dyn Fn() -> String,
+) {
+    assert!(
+        report
+            .records
+            .iter()
+            .any(|r| r.served_by(pod) && r.end < instant),
+        "{pod} served nothing before, so the test proves nothing: {}",
+        context()
+    );
+    let in_flight = report.in_flight_at(instant);
+    assert!(
+        in_flight.iter().any(|r| r.served_by(pod)),
+        "{pod} had no request in flight: {}",
+        context()
+    );
+    assert!(
+        in_flight.iter().all(|r| r.outcome == Outcome::Ok),
+        "a request in flight failed: {}",
+        context()
+    );
+}
+
+/// One pod of `kind` under lameduck with no delay and `stop_signal`; clients send `/slow`
+/// straight to the server, and lameduck gets SIGTERM while responses are in flight. Returns
+/// those responses' outcomes and lameduck's exit code.
+fn stop_with_responses_in_flight(
+    kind: Kind,
+    ip: Ipv4Addr,
+    stop_signal: Signal,
+) -> (Vec<Outcome>, i32, String) {
+    let test = format!("{}-signal-{}", kind.id(), signal_name(stop_signal));
+    let [app, ep, up]: [SocketAddr; 3] = free_addrs(ip, 3).try_into().expect("3 addresses");
+    let upstream = upstream(kind, &test, up);
+    let up = upstream.as_ref().map(|u| u.config.addr);
+    let mut pod = Pod::start(
+        kind,
+        &test,
+        "b1",
+        [app, ep],
+        up,
+        stop_signal,
+        &["--shutdown-delay", "0s", "--drain-timeout", "5s"],
+    );
+    let load = start_load(app, Connections::PerRequest, 4);
+    // Past the first responses, so some are well under way.
+    std::thread::sleep(SLOW + SLOW / 2);
+    let signalled = Instant::now();
+    pod.run.signal(Signal::SIGTERM);
+    let exit_code = pod
+        .run
+        .wait_exit(Duration::from_secs(5) + pod.app.exit_lag() + SLACK);
+    let report = load.stop();
+    let in_flight: Vec<Outcome> = report
+        .in_flight_at(signalled)
+        .iter()
+        .map(|r| r.outcome.clone())
+        .collect();
+    let context = format!(
+        "{} with SIG{}; times in ms from SIGTERM\n{}\nlog: {:#?}",
+        kind.id(),
+        signal_name(stop_signal),
+        report.summary(signalled),
+        pod.run.stderr.all()
+    );
+    assert!(
+        in_flight.len() >= 2,
+        "too few responses in flight: {context}"
+    );
+    (in_flight, exit_code, context)
+}
+
+/// The table's graceful signal lets every response in flight complete, and the server exit 0.
+fn graceful_signal_completes_responses(kind: Kind, ip: Ipv4Addr) {
+    let (in_flight, exit_code, context) =
+        stop_with_responses_in_flight(kind, ip, entry(kind).graceful_stop);
+    assert!(
+        in_flight.iter().all(|o| *o == Outcome::Ok),
+        "a response in flight was cut: {context}"
+    );
+    assert_eq!(exit_code, 0, "{context}");
+}
+
+/// The table's first fast-stop signal cuts the responses in flight.
+fn fast_signal_cuts_responses(kind: Kind, ip: Ipv4Addr) {
+    let fast = entry(kind).fast_stop[0];
+    let (in_flight, _, context) = stop_with_responses_in_flight(kind, ip, fast);
+    assert!(
+        in_flight.iter().any(|o| *o != Outcome::Ok),
+        "SIG{} cut no response in flight, so it is no fast stop: {context}",
+        signal_name(fast)
+    );
+}
+
+/// One module per server, each test on its own loopback address `127.0.63.(8 × n + case)`.
+macro_rules! server_tests {
+    ($($module:ident => $kind:expr, $n:expr;)*) => {
+        $(
+            mod $module {
+                use super::*;
+
+                fn ip(case: u8) -> Ipv4Addr {
+                    Ipv4Addr::new(127, 0, 63, 8 * $n + case)
+                }
+
+                #[test]
+                fn per_request_clients_through_l7_see_no_failure() {
+                    drain_one_of_two($kind, ip(1), Front::L7, Connections::PerRequest);
+                }
+
+                #[test]
+                fn keep_alive_clients_through_l7_see_no_failure() {
+                    drain_one_of_two($kind, ip(2), Front::L7, Connections::KeepAlive);
+                }
+
+                #[test]
+                fn per_request_clients_through_l4_see_no_failure() {
+                    drain_one_of_two($kind, ip(3), Front::L4, Connections::PerRequest);
+                }
+
+                #[test]
+                fn graceful_stop_signal_completes_responses_in_flight() {
+                    graceful_signal_completes_responses($kind, ip(4));
+                }
+
+                #[test]
+                fn fast_stop_signal_cuts_responses_in_flight() {
+                    fast_signal_cuts_responses($kind, ip(5));
+                }
+            }
+        )*
+    };
+}
+
+server_tests! {
+    nginx => Kind::Nginx, 1;
+    apache => Kind::Apache, 2;
+    haproxy => Kind::Haproxy, 3;
+    caddy => Kind::Caddy, 4;
+    lighttpd => Kind::Lighttpd, 5;
+    gunicorn => Kind::Gunicorn, 6;
+}
