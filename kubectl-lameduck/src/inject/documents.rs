@@ -136,7 +136,10 @@ fn read_yaml(text: &str) -> Result<Stream, Unreadable> {
         let value = if has_content(&body) {
             let value: Value = serde_yaml_ng::from_str(&body).map_err(|err| Unreadable {
                 line: line + err.location().map_or(0, |l| l.line().saturating_sub(1)),
-                reason: format!("invalid YAML: {}", one_line(&err.to_string())),
+                reason: format!(
+                    "invalid YAML: {}",
+                    one_line(&without_position(&err.to_string()))
+                ),
             })?;
             Some(value).filter(|v| !v.is_null())
         } else {
@@ -174,9 +177,61 @@ fn one_line(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-/// Writes one value in a format.
+/// serde_yaml_ng's message without its own `at line N column M`, which counts from the
+/// document's start, not the file's.
+fn without_position(text: &str) -> String {
+    let mut out = text.to_owned();
+    while let Some(at) = out.find(" at line ") {
+        let rest = &out[at + " at line ".len()..];
+        let end = rest
+            .find(',')
+            .map_or(out.len(), |i| at + " at line ".len() + i);
+        out.replace_range(at..end, "");
+    }
+    out
+}
+
+/// Whether YAML 1.1, which kubectl's YAML reader follows, reads this plain scalar as
+/// something else than the string it is (`yes`, `on`, `1_000`, `0b1`, `.inf`); YAML 1.2 and
+/// serde_yaml_ng read it as a string, so it leaves it unquoted.
+fn ambiguous_in_yaml_1_1(text: &str) -> bool {
+    const WORDS: &[&str] = &[
+        "y", "Y", "yes", "Yes", "YES", "n", "N", "no", "No", "NO", "on", "On", "ON", "off", "Off",
+        "OFF",
+    ];
+    let unsigned = text.trim_start_matches(['-', '+']);
+    WORDS.contains(&text)
+        || (unsigned.contains('_')
+            && unsigned.starts_with(|c: char| c.is_ascii_digit())
+            && unsigned
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.'))
+        || unsigned.strip_prefix("0b").is_some_and(|bits| {
+            !bits.is_empty() && bits.chars().all(|c| matches!(c, '0' | '1' | '_'))
+        })
+        || matches!(
+            unsigned,
+            ".inf" | ".Inf" | ".INF" | ".nan" | ".NaN" | ".NAN"
+        )
+}
+
+/// Whether any string (or key) in the value is ambiguous in YAML 1.1.
+fn has_ambiguous_string(value: &Value) -> bool {
+    match value {
+        Value::String(text) => ambiguous_in_yaml_1_1(text),
+        Value::Array(items) => items.iter().any(has_ambiguous_string),
+        Value::Object(map) => map
+            .iter()
+            .any(|(key, value)| ambiguous_in_yaml_1_1(key) || has_ambiguous_string(value)),
+        _ => false,
+    }
+}
+
+/// Writes one value in a format. A YAML document holding a string that YAML 1.1 would read
+/// as a boolean or number is written as JSON (which is YAML), where every string is quoted.
 pub fn emit(format: Format, value: &Value) -> Result<String, String> {
     match format {
+        Format::Yaml if has_ambiguous_string(value) => emit(Format::Json, value),
         Format::Yaml => serde_yaml_ng::to_string(value).map_err(|err| err.to_string()),
         Format::Json => serde_json::to_string_pretty(value)
             .map(|text| text + "\n")
@@ -268,6 +323,18 @@ mod tests {
         assert!(err.line >= 4, "{err:?}");
         let err = read("{\"a\": 1,\n\"b\": }").unwrap_err();
         assert_eq!(err.line, 2, "{err:?}");
+    }
+
+    #[test]
+    fn strings_yaml_1_1_would_misread_stay_strings() {
+        let value = serde_json::json!({"env": [{"name": "DEBUG", "value": "on"}], "n": "1_000"});
+        let text = emit(Format::Yaml, &value).unwrap();
+        assert!(
+            text.contains("\"on\"") && text.contains("\"1_000\""),
+            "{text}"
+        );
+        let plain = emit(Format::Yaml, &serde_json::json!({"value": "online"})).unwrap();
+        assert_eq!(plain, "value: online\n");
     }
 
     #[test]

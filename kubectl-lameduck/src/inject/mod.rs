@@ -49,6 +49,8 @@ const EXIT_REFUSED: i32 = 1;
 
 /// Marks a PodDisruptionBudget that inject added, so `--remove` takes it away again.
 const ADDED_BUDGET: &str = "pdb";
+/// Marks a budget that inject added to a single JSON object by making both a List.
+const ADDED_BUDGET_IN_LIST: &str = "pdb, in a List";
 
 /// The kinds whose pods inject changes; every other kind passes through unchanged.
 const WORKLOADS: &[&str] = &[
@@ -306,7 +308,13 @@ impl Run {
                 if is_list(value) {
                     let mut list = value.clone();
                     if let Some(items) = list.get_mut("items").and_then(Value::as_array_mut) {
+                        let made_by_inject = items
+                            .iter()
+                            .any(|item| budget_mark(item) == Some(ADDED_BUDGET_IN_LIST));
                         items.retain(|item| !added_budget(item));
+                        if made_by_inject && items.len() == 1 {
+                            list = items.remove(0);
+                        }
                     }
                     if Some(&list) != document.value.as_ref() {
                         document.changed = Some(list);
@@ -358,7 +366,7 @@ impl Run {
         let Some(findings) = self.lint() else {
             return;
         };
-        let mut added = false;
+        let mut budgets = Vec::new();
         for finding in &findings {
             let Some(place) = place_of(&finding.file, &finding.path) else {
                 continue;
@@ -369,14 +377,12 @@ impl Run {
             match finding.rule {
                 Rule::PdbMissing if add => {
                     let budget = self.budget_for(&object);
-                    let (file, doc, _) = place;
-                    self.inputs[file].stream.documents[doc].added.push(budget);
                     self.say(
                         place,
                         &object,
                         "added a PodDisruptionBudget with minAvailable: 1",
                     );
-                    added = true;
+                    budgets.push((place, budget));
                 }
                 Rule::PdbMissing | Rule::ReplicasLow if self.ours.contains(&place) => {
                     self.say(
@@ -387,6 +393,12 @@ impl Run {
                 }
                 _ => {}
             }
+        }
+        let added = !budgets.is_empty();
+        // Last first, so that inserting into a List never moves a place still to come.
+        budgets.sort_by_key(|(place, _)| std::cmp::Reverse(*place));
+        for (place, budget) in budgets {
+            self.add_budget(place, budget);
         }
         let findings = if added {
             match self.lint() {
@@ -415,6 +427,48 @@ impl Run {
             );
             self.refused = true;
         }
+    }
+
+    /// Puts a budget right after its workload: the next document, or the next item of a List.
+    fn add_budget(&mut self, (file, doc, item): Place, mut budget: Value) {
+        let format = self.inputs[file].stream.format;
+        let document = &mut self.inputs[file].stream.documents[doc];
+        let Some(at) = item else {
+            if format == documents::Format::Yaml {
+                document.added.push(budget);
+                return;
+            }
+            // One JSON value stays one: the workload and its budget go into a List.
+            budget["metadata"]["annotations"][pod::INJECTED] = json!(ADDED_BUDGET_IN_LIST);
+            let workload = document.current().cloned().unwrap_or(Value::Null);
+            document.changed = Some(json!({
+                "apiVersion": "v1",
+                "kind": "List",
+                "items": [workload, budget],
+            }));
+            for place in &mut self.ours {
+                if *place == (file, doc, None) {
+                    *place = (file, doc, Some(0));
+                }
+            }
+            self.ours.push((file, doc, Some(1)));
+            return;
+        };
+        let mut list = document.current().cloned().unwrap_or(Value::Null);
+        let Some(items) = list.get_mut("items").and_then(Value::as_array_mut) else {
+            return;
+        };
+        items.insert(at + 1, budget);
+        document.changed = Some(list);
+        for (f, d, i) in &mut self.ours {
+            if (*f, *d) == (file, doc)
+                && let Some(i) = i
+                && *i > at
+            {
+                *i += 1;
+            }
+        }
+        self.ours.push((file, doc, Some(at + 1)));
     }
 
     /// Lints every output document together; `None` (and refused) when that fails.
@@ -526,14 +580,23 @@ fn is_list(value: &Value) -> bool {
 }
 
 fn added_budget(value: &Value) -> bool {
-    value.get("kind").and_then(Value::as_str) == Some("PodDisruptionBudget")
-        && value
-            .pointer(&format!(
-                "/metadata/annotations/{}",
-                journal::escape(pod::INJECTED)
-            ))
-            .and_then(Value::as_str)
-            == Some(ADDED_BUDGET)
+    matches!(
+        budget_mark(value),
+        Some(ADDED_BUDGET | ADDED_BUDGET_IN_LIST)
+    )
+}
+
+/// The mark inject leaves on a budget it added.
+fn budget_mark(value: &Value) -> Option<&str> {
+    if value.get("kind").and_then(Value::as_str) != Some("PodDisruptionBudget") {
+        return None;
+    }
+    value
+        .pointer(&format!(
+            "/metadata/annotations/{}",
+            journal::escape(pod::INJECTED)
+        ))
+        .and_then(Value::as_str)
 }
 
 /// The pod template of a workload, or a Pod itself.

@@ -1,0 +1,472 @@
+//! `kubectl lameduck inject` over a corpus of real-world-shaped manifests
+//! (`tests/manifests/inject/`: charts as Helm renders them, `kubectl get` Lists, JSON, named
+//! ports, several containers, each probe kind, init containers, existing budgets), run as the
+//! built plugin. Each result must validate against Kubernetes' own schemas (kubernetes-validate
+//! `--strict`, 1.29 and 1.37), lint with no error, be a fixed point of inject, come back to the
+//! input with `--remove`, and keep every field inject does not own. The manifests are read back
+//! with PyYAML, a parser independent of the plugin's.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+
+use serde_json::Value;
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+const TMP: &str = env!("CARGO_TARGET_TMPDIR");
+/// Pinned as in tests/manifests.rs, so the schemas do not move under the tests.
+const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
+
+/// The plugin, built beside lameduck by `cargo test --workspace`.
+fn plugin() -> PathBuf {
+    let path = Path::new(env!("CARGO_BIN_EXE_lameduck")).with_file_name("kubectl-lameduck");
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo test --workspace`",
+        path.display()
+    );
+    path
+}
+
+fn plugin_run(args: &[&str]) -> Output {
+    Command::new(plugin())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run kubectl-lameduck")
+}
+
+fn corpus() -> Vec<PathBuf> {
+    let dir = Path::new(ROOT).join("tests/manifests/inject");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("the corpus directory")
+        .map(|entry| entry.expect("an entry").path())
+        .filter(|p| p.is_file())
+        .collect();
+    files.sort();
+    files
+}
+
+fn name(file: &Path) -> String {
+    file.file_name().unwrap().to_string_lossy().into_owned()
+}
+
+/// Every corpus file injected once (with `--pdb`), written under the target directory.
+fn injected() -> &'static [(PathBuf, PathBuf)] {
+    static INJECTED: OnceLock<Vec<(PathBuf, PathBuf)>> = OnceLock::new();
+    INJECTED.get_or_init(|| {
+        let dir = Path::new(TMP).join("inject");
+        std::fs::create_dir_all(&dir).unwrap();
+        corpus()
+            .into_iter()
+            .map(|file| {
+                let out = plugin_run(&["inject", "--pdb", file.to_str().unwrap()]);
+                assert!(
+                    out.status.success(),
+                    "inject {} failed: {}",
+                    name(&file),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                let result = dir.join(name(&file));
+                std::fs::write(&result, &out.stdout).unwrap();
+                (file, result)
+            })
+            .collect()
+    })
+}
+
+/// The objects of a file as PyYAML reads it (JSON streams too), Lists expanded.
+fn objects(file: &Path) -> Vec<Value> {
+    const SCRIPT: &str = r#"
+import json, sys, yaml
+text = open(sys.argv[1]).read()
+if text.lstrip().startswith(('{', '[')):
+    decoder, docs, at = json.JSONDecoder(), [], 0
+    while text[at:].strip():
+        at += len(text[at:]) - len(text[at:].lstrip())
+        doc, at = decoder.raw_decode(text, at)
+        docs.append(doc)
+else:
+    # Kubernetes reads timestamps as strings, as this loader does.
+    class Loader(yaml.SafeLoader):
+        pass
+    Loader.yaml_implicit_resolvers = {
+        k: [(tag, rx) for tag, rx in v if tag != 'tag:yaml.org,2002:timestamp']
+        for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+    docs = [d for d in yaml.load_all(text, Loader=Loader) if d is not None]
+out = []
+for d in docs:
+    out.extend(d.get('items') or [] if d.get('kind') == 'List' else [d])
+print(json.dumps(out))
+"#;
+    let out = Command::new("python3")
+        .args(["-c", SCRIPT, file.to_str().unwrap()])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "PyYAML cannot read {}: {}",
+        file.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON from python")
+}
+
+/// kubernetes-validate (and PyYAML, which it brings), installed once when missing.
+fn python_tools() {
+    static READY: OnceLock<()> = OnceLock::new();
+    READY.get_or_init(|| {
+        let have = |_: ()| {
+            Command::new("python3")
+                .args(["-c", "import yaml, kubernetes_validate"])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        };
+        if have(()) {
+            return;
+        }
+        let pip = Command::new("python3")
+            .args(["-m", "pip", "install", "--quiet", KUBERNETES_VALIDATE])
+            .status()
+            .expect("pip");
+        assert!(
+            pip.success() && have(()),
+            "cannot install {KUBERNETES_VALIDATE}"
+        );
+    });
+}
+
+fn is_workload(object: &Value) -> bool {
+    matches!(
+        object["kind"].as_str(),
+        Some("Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet" | "Pod")
+    )
+}
+
+fn template(object: &mut Value) -> &mut Value {
+    if object["kind"] == "Pod" {
+        object
+    } else {
+        &mut object["spec"]["template"]
+    }
+}
+
+fn added_budget(object: &Value) -> bool {
+    object["kind"] == "PodDisruptionBudget"
+        && object["metadata"]["annotations"]["lameduck.io/injected"]
+            .as_str()
+            .is_some_and(|mark| mark.starts_with("pdb"))
+}
+
+/// Takes out every field inject owns, so what is left must be the same before and after.
+fn without_owned(mut objects: Vec<Value>) -> Vec<Value> {
+    objects.retain(|o| !added_budget(o));
+    for object in objects.iter_mut().filter(|o| is_workload(o)) {
+        let pod = template(object);
+        if let Some(metadata) = pod.get_mut("metadata").and_then(Value::as_object_mut)
+            && let Some(annotations) = metadata
+                .get_mut("annotations")
+                .and_then(Value::as_object_mut)
+        {
+            annotations.remove("lameduck.io/injected");
+            if annotations.is_empty() {
+                metadata.remove("annotations");
+            }
+        }
+        let spec = pod["spec"].as_object_mut().unwrap();
+        for field in ["terminationGracePeriodSeconds", "shareProcessNamespace"] {
+            spec.remove(field);
+        }
+        for (list, ours) in [
+            ("volumes", &["lameduck"][..]),
+            ("initContainers", &["lameduck", "lameduck-install"]),
+        ] {
+            if let Some(items) = spec.get_mut(list).and_then(Value::as_array_mut) {
+                items.retain(|i| !ours.contains(&i["name"].as_str().unwrap_or("")));
+                if items.is_empty() {
+                    spec.remove(list);
+                }
+            }
+        }
+        for container in spec["containers"].as_array_mut().unwrap() {
+            let container = container.as_object_mut().unwrap();
+            for field in ["command", "readinessProbe", "livenessProbe"] {
+                container.remove(field);
+            }
+            if let Some(lifecycle) = container
+                .get_mut("lifecycle")
+                .and_then(Value::as_object_mut)
+            {
+                lifecycle.remove("preStop");
+                if lifecycle.is_empty() {
+                    container.remove("lifecycle");
+                }
+            }
+            for list in ["ports", "volumeMounts"] {
+                if let Some(items) = container.get_mut(list).and_then(Value::as_array_mut) {
+                    items.retain(|i| i["name"] != "lameduck");
+                    if items.is_empty() {
+                        container.remove(list);
+                    }
+                }
+            }
+        }
+    }
+    objects
+}
+
+#[test]
+fn the_corpus_holds_at_least_30_manifests_of_every_kind_and_format() {
+    let files = corpus();
+    assert!(files.len() >= 30, "{} manifests", files.len());
+    let all: Vec<Value> = files.iter().flat_map(|f| objects(f)).collect();
+    for kind in [
+        "Deployment",
+        "StatefulSet",
+        "DaemonSet",
+        "ReplicaSet",
+        "Pod",
+        "PodDisruptionBudget",
+    ] {
+        assert!(
+            all.iter().any(|o| o["kind"] == kind),
+            "no {kind} in the corpus"
+        );
+    }
+    assert!(
+        files
+            .iter()
+            .any(|f| f.extension().is_some_and(|e| e == "json"))
+    );
+    assert!(
+        files
+            .iter()
+            .any(|f| std::fs::read_to_string(f).unwrap().contains("kind: List"))
+    );
+}
+
+fn assert_valid_for(kubernetes: &str) {
+    python_tools();
+    let dir = Path::new(TMP).join(format!("inject-validate-{kubernetes}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut files = Vec::new();
+    for (source, result) in injected() {
+        // kubernetes-validate has no schema for List: each object is checked on its own.
+        let docs: Vec<String> = objects(result).iter().map(Value::to_string).collect();
+        let file = dir.join(format!("{}.yaml", name(source)));
+        std::fs::write(&file, docs.join("\n---\n")).unwrap();
+        files.push(file.to_str().unwrap().to_owned());
+    }
+    let out = Command::new("python3")
+        .args([
+            "-m",
+            "kubernetes_validate",
+            "--strict",
+            "--kubernetes-version",
+            kubernetes,
+        ])
+        .args(&files)
+        .output()
+        .expect("kubernetes-validate");
+    let report =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "kubernetes-validate {kubernetes}:\n{report}"
+    );
+    assert!(!report.contains("ERROR"), "{report}");
+}
+
+#[test]
+fn every_injected_manifest_passes_strict_schema_validation_for_kubernetes_1_37() {
+    assert_valid_for("1.37.0");
+}
+
+#[test]
+fn every_injected_manifest_is_valid_for_kubernetes_1_29() {
+    assert_valid_for("1.29.0");
+}
+
+#[test]
+fn every_injected_manifest_lints_with_no_error() {
+    for (source, result) in injected() {
+        let out = plugin_run(&["lint", result.to_str().unwrap()]);
+        let report = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{}:\n{report}", name(source));
+        assert!(
+            report.contains("lint: 0 errors"),
+            "{}:\n{report}",
+            name(source)
+        );
+        let objects = objects(result);
+        assert!(
+            objects.iter().filter(|o| is_workload(o)).count() == 0
+                || !report.contains("in 0 pod specs"),
+            "{}: nothing runs lameduck:\n{report}",
+            name(source)
+        );
+    }
+}
+
+#[test]
+fn injecting_an_injected_manifest_changes_nothing() {
+    for (source, result) in injected() {
+        let again = plugin_run(&["inject", "--pdb", result.to_str().unwrap()]);
+        assert!(again.status.success(), "{}", name(source));
+        assert_eq!(
+            String::from_utf8_lossy(&again.stdout),
+            std::fs::read_to_string(result).unwrap(),
+            "{}",
+            name(source)
+        );
+    }
+}
+
+#[test]
+fn remove_after_inject_gives_back_the_input() {
+    for (source, result) in injected() {
+        let removed = plugin_run(&["inject", "--remove", result.to_str().unwrap()]);
+        assert!(removed.status.success(), "{}", name(source));
+        let file = Path::new(TMP).join(format!("removed-{}", name(source)));
+        std::fs::write(&file, &removed.stdout).unwrap();
+        assert_eq!(objects(&file), objects(source), "{}", name(source));
+    }
+}
+
+#[test]
+fn inject_changes_no_field_it_does_not_own() {
+    for (source, result) in injected() {
+        let before = objects(source);
+        let after = objects(result);
+        assert_eq!(
+            without_owned(after.clone()),
+            without_owned(before.clone()),
+            "{}",
+            name(source)
+        );
+        // The app's own command still runs, after lameduck's `--`.
+        for (b, a) in before.iter().zip(after.iter().filter(|o| !added_budget(o))) {
+            if !is_workload(b) {
+                continue;
+            }
+            let (mut b, mut a) = (b.clone(), a.clone());
+            let (b, a) = (template(&mut b), template(&mut a));
+            for (cb, ca) in b["spec"]["containers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .zip(a["spec"]["containers"].as_array().unwrap())
+            {
+                let Some(original) = cb["command"].as_array().filter(|c| !c.is_empty()) else {
+                    continue;
+                };
+                let wrapped = ca["command"].as_array().unwrap();
+                if wrapped != original {
+                    assert!(wrapped.ends_with(original), "{}: {wrapped:?}", name(source));
+                    assert_eq!(
+                        wrapped[wrapped.len() - original.len() - 1],
+                        "--",
+                        "{}",
+                        name(source)
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn manifests_that_already_run_lameduck_come_out_byte_for_byte() {
+    for example in ["wrapper.yaml", "nginx-sidecar.yaml", "init-install.yaml"] {
+        let file = Path::new(ROOT).join("examples").join(example);
+        let out = plugin_run(&["inject", file.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "{example}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            std::fs::read_to_string(&file).unwrap(),
+            "{example}"
+        );
+    }
+}
+
+/// Writes `text` to a file of its own and injects it.
+fn inject_text(file: &str, text: &str, args: &[&str]) -> Output {
+    let path = Path::new(TMP).join(file);
+    std::fs::write(&path, text).unwrap();
+    let mut all = vec!["inject"];
+    all.extend(args);
+    all.push(path.to_str().unwrap());
+    plugin_run(&all)
+}
+
+const NO_COMMAND: &str = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: app}\nspec:\n  replicas: 2\n  selector: {matchLabels: {app: app}}\n  template:\n    metadata: {labels: {app: app}}\n    spec:\n      containers: [{name: app, image: 'ghcr.io/acme/app:1'}]\n";
+
+#[test]
+fn a_container_without_a_known_command_is_refused_in_one_line_naming_it() {
+    let out = inject_text("no-command.yaml", NO_COMMAND, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty(), "nothing is printed");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("kubectl-lameduck: inject: ")
+            && stderr
+                .contains("no-command.yaml:1: Deployment/app: cannot inject: container \"app\""),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn the_command_from_a_flag_makes_the_install_shape_possible() {
+    let out = inject_text(
+        "no-command-flag.yaml",
+        NO_COMMAND,
+        &["--command", "/entrypoint serve"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("- /entrypoint\n") && text.contains("lameduck-install"),
+        "{text}"
+    );
+}
+
+#[test]
+fn output_that_would_not_lint_clean_is_refused() {
+    // strategy Recreate takes every pod down at once: lint's rollout-all-down.
+    let text = NO_COMMAND.replace(
+        "  replicas: 2\n",
+        "  replicas: 2\n  strategy: {type: Recreate}\n",
+    );
+    let out = inject_text("recreate.yaml", &text, &["--command", "/app"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("rollout-all-down") && stderr.contains("would not lint clean"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn unreadable_input_exits_2_with_file_and_line() {
+    let out = inject_text(
+        "broken.yaml",
+        "kind: Deployment\n---\nmetadata:\n  name: x\n bad: y\n",
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.starts_with("kubectl-lameduck: inject: "), "{stderr}");
+    assert!(stderr.contains("broken.yaml:5: invalid YAML"), "{stderr}");
+}
