@@ -10,6 +10,7 @@ use nix::sys::signal::Signal;
 use serde_json::{Map, Value, json};
 
 use super::journal::{self, Journal, escape};
+use crate::servers;
 use ::lameduck::duration;
 use ::lameduck::settings::{GRACE_MARGIN, ReadyCheck};
 use ::lameduck::signals::{SignalArg, short_name};
@@ -456,7 +457,7 @@ impl Injection {
             .to_owned();
         self.check_names(&name)?;
         let plan = self.plan(&container, &name)?;
-        let stop_signal = self.stop_signal(&container);
+        let stop_signal = self.stop_signal(&container, &plan);
         let grace = self.grace()?;
         let delay = self.settings.shutdown_delay;
         let timing = readiness_timing(delay)
@@ -623,11 +624,12 @@ impl Injection {
             .wrapper_images
             .iter()
             .any(|image| image == repository || image == image_name(container));
-        let process_name = self
-            .settings
-            .process_name
-            .clone()
-            .or_else(|| known_process_name(container));
+        let server = known_server(container, command.as_deref());
+        let process_name = self.settings.process_name.clone().or_else(|| {
+            server
+                .and_then(|s| s.commands.first())
+                .map(|c| (*c).to_owned())
+        });
         let shape = match self.settings.shape {
             Shape::Auto if listed => Shape::Wrapper,
             Shape::Auto if command.is_some() => Shape::Install,
@@ -678,11 +680,15 @@ impl Injection {
         })
     }
 
-    /// The app's graceful stop signal: given, else the known servers', else TERM.
-    fn stop_signal(&self, container: &Value) -> Signal {
+    /// The app's graceful stop signal: given, else the known server's, else TERM.
+    fn stop_signal(&self, container: &Value, plan: &Plan) -> Signal {
+        let command = match plan {
+            Plan::Wrap { command, .. } => Some(command.as_slice()),
+            Plan::Sidecar { .. } => None,
+        };
         self.settings
             .stop_signal
-            .or_else(|| known_stop_signal(container))
+            .or_else(|| known_server(container, command).map(|s| s.graceful_stop))
             .unwrap_or(Signal::SIGTERM)
     }
 
@@ -965,18 +971,12 @@ fn resolve_port(container: &Value, port: Option<&Value>) -> Option<i64> {
         .and_then(Value::as_i64)
 }
 
-/// The stop signal of a known server, by image and command.
-fn known_stop_signal(container: &Value) -> Option<Signal> {
-    image_name(container)
-        .starts_with("nginx")
-        .then_some(Signal::SIGQUIT)
-}
-
-/// The process name of a known server, by image.
-fn known_process_name(container: &Value) -> Option<String> {
-    image_name(container)
-        .starts_with("nginx")
-        .then(|| "nginx".to_owned())
+/// The known server a container runs, by its image and the app's command (with its args).
+fn known_server(container: &Value, command: Option<&[String]>) -> Option<&'static servers::Server> {
+    let image = container.get("image").and_then(Value::as_str).unwrap_or("");
+    let mut argv: Vec<String> = command.map(<[String]>::to_vec).unwrap_or_default();
+    argv.extend(strings(container.get("args")).unwrap_or_default());
+    servers::known(image, &argv)
 }
 
 #[cfg(test)]
@@ -1129,6 +1129,26 @@ mod tests {
         let command = strings(long.pointer("/spec/containers/0/command")).unwrap();
         assert!(
             command.contains(&"--grace-period=120s".to_owned()),
+            "{command:?}"
+        );
+    }
+
+    #[test]
+    fn the_stop_signal_comes_from_the_known_servers() {
+        let mut pod = template(
+            json!({ "name": "web", "image": "httpd:2.4", "command": ["httpd-foreground"] }),
+        );
+        inject(&mut pod).unwrap();
+        let command = strings(pod.pointer("/spec/containers/0/command")).unwrap();
+        assert!(
+            command.contains(&"--stop-signal=WINCH".to_owned()),
+            "{command:?}"
+        );
+        let mut unknown = template(app());
+        inject(&mut unknown).unwrap();
+        let command = strings(unknown.pointer("/spec/containers/0/command")).unwrap();
+        assert!(
+            command.contains(&"--stop-signal=TERM".to_owned()),
             "{command:?}"
         );
     }
