@@ -21,8 +21,18 @@ use rcgen::{
 };
 use rustls_pki_types::{CertificateDer, ServerName};
 
-pub const PLUGIN: &str = env!("CARGO_BIN_EXE_kubectl-lameduck");
-pub const TMP: &str = env!("CARGO_TARGET_TMPDIR");
+/// The built plugin: cargo names it for tests; the benchmark gets it from benches/webhook.sh.
+pub const PLUGIN: &str = match option_env!("CARGO_BIN_EXE_kubectl-lameduck") {
+    Some(path) => path,
+    None => match option_env!("KUBECTL_LAMEDUCK") {
+        Some(path) => path,
+        None => "target/release/kubectl-lameduck",
+    },
+};
+pub const TMP: &str = match option_env!("CARGO_TARGET_TMPDIR") {
+    Some(dir) => dir,
+    None => "/tmp",
+};
 /// The name the client asks for; the serving certificates carry it with the Service's name.
 pub const SERVER_NAME: &str = "lameduck-webhook.lameduck.svc";
 
