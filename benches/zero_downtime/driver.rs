@@ -1,16 +1,27 @@
 //! The zero-downtime benchmark that benches/zero_downtime.sh runs: the scenario of
-//! tests/zero_downtime.rs (two nginx pods behind HAProxy, steady load of slow requests, SIGTERM
-//! to one pod's PID 1 midway) for nginx alone as PID 1, under tini, under dumb-init, under
-//! dumb-init rewriting SIGTERM to SIGQUIT, and under lameduck: with the short delay these
-//! health checks need, with a long fixed delay, and with the same long delay made adaptive by
-//! `--quiet-period`, which shows the time the adaptive delay saves. One Markdown table row per
-//! run. It shares the tests' load generator, HAProxy and nginx helpers, included by path.
+//! tests/zero_downtime.rs and tests/servers.rs (two pods of one server behind HAProxy, steady
+//! load of slow requests, SIGTERM to one pod's PID 1 midway) for the server alone as PID 1,
+//! under tini, under dumb-init, under dumb-init rewriting SIGTERM to the server's graceful
+//! signal, and under lameduck: with the short delay these health checks need, with a long fixed
+//! delay, and with the same long delay made adaptive by `--quiet-period`, which shows the time
+//! the adaptive delay saves. Any server of tests/common/apps.rs (`--server`, nginx by default),
+//! its signals from the table of known servers. Through HAProxy in HTTP mode checking
+//! readiness, or (`--l4`) in TCP mode, taking the pod out a fixed time after the SIGTERM as
+//! kube-proxy does. One Markdown table row per run. It shares the tests' load generator,
+//! HAProxy, nginx and server helpers, included by path.
 //!
-//! Usage: zero_downtime_bench [--runs N] [--keep-alive] [--lameduck PATH]
+//! Usage: zero_downtime_bench [--server NAME] [--runs N] [--keep-alive] [--l4] [--short]
+//! [--lameduck PATH]; `--short` leaves out the two rows with a 15 s delay.
 
+#[allow(dead_code)]
+#[path = "../../tests/common/apps.rs"]
+mod apps;
 #[allow(dead_code)]
 #[path = "../../tests/common/haproxy.rs"]
 mod haproxy;
+#[allow(dead_code)]
+#[path = "../../kubectl-lameduck/src/servers.rs"]
+mod known;
 #[allow(dead_code)]
 #[path = "../../tests/common/load.rs"]
 mod load;
@@ -24,9 +35,10 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use apps::{App, Kind, SLOW_BYTES};
 use haproxy::{Haproxy, Server, free_addrs};
 use load::{Connections, Load, Outcome, Plan, Report};
-use nginx::{NginxConfig, SLOW_BYTES};
+use nginx::Nginx;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -43,13 +55,28 @@ const LEAD: Duration = Duration::from_millis(1500);
 /// until it has exited, so its counts are larger.
 const TAIL: Duration = Duration::from_millis(3500);
 const WORKERS: usize = 8;
+/// With `--l4`, when the balancer takes the pod out after its SIGTERM, as an endpoint update
+/// reaches kube-proxy (the tests' value).
+const TAKE_OUT_AFTER: Duration = Duration::from_secs(1);
 /// The servers' own loopback address (see `haproxy::free_addrs`).
 const IP: Ipv4Addr = Ipv4Addr::new(127, 0, 62, 1);
+
+/// The server under test and its entry in the table of known servers.
+struct Subject {
+    kind: Kind,
+    entry: &'static known::Server,
+}
+
+impl Subject {
+    fn graceful(&self) -> &'static str {
+        self.entry.graceful_stop.as_str().trim_start_matches("SIG")
+    }
+}
 
 /// What runs as PID 1 of each pod.
 #[derive(Clone, Copy, Debug)]
 enum Pid1 {
-    NginxAlone,
+    Alone,
     Tini,
     DumbInit,
     DumbInitQuit,
@@ -62,7 +89,7 @@ enum Pid1 {
 
 impl Pid1 {
     const ALL: [Pid1; 7] = [
-        Pid1::NginxAlone,
+        Pid1::Alone,
         Pid1::Tini,
         Pid1::DumbInit,
         Pid1::DumbInitQuit,
@@ -71,28 +98,32 @@ impl Pid1 {
         Pid1::LameduckAdaptive,
     ];
 
-    fn label(self) -> &'static str {
+    fn label(self, subject: &Subject) -> String {
         match self {
-            Pid1::NginxAlone => "nginx alone",
-            Pid1::Tini => "tini",
-            Pid1::DumbInit => "dumb-init",
-            Pid1::DumbInitQuit => "dumb-init --rewrite 15:3",
-            Pid1::Lameduck => "lameduck",
-            Pid1::LameduckLong => "lameduck --shutdown-delay 15s",
-            Pid1::LameduckAdaptive => "lameduck --shutdown-delay 15s --quiet-period 1s",
+            Pid1::Alone => format!("{} alone", subject.kind.id()),
+            Pid1::Tini => "tini".into(),
+            Pid1::DumbInit => "dumb-init".into(),
+            Pid1::DumbInitQuit => format!(
+                "dumb-init --rewrite 15:{}",
+                subject.entry.graceful_stop as i32
+            ),
+            Pid1::Lameduck => "lameduck".into(),
+            Pid1::LameduckLong => "lameduck --shutdown-delay 15s".into(),
+            Pid1::LameduckAdaptive => "lameduck --shutdown-delay 15s --quiet-period 1s".into(),
         }
     }
 
-    /// The pod's command line: the init, then nginx.
-    fn argv(self, pod: &PodAddrs, nginx: &NginxConfig, lameduck: &str) -> Vec<String> {
+    /// The pod's command line: the init, then the server.
+    fn argv(self, pod: &PodAddrs, app: &App, subject: &Subject, lameduck: &str) -> Vec<String> {
         let mut argv: Vec<String> = match self {
-            Pid1::NginxAlone => vec![],
+            Pid1::Alone => vec![],
             Pid1::Tini => vec!["tini".into(), "--".into()],
             Pid1::DumbInit => vec!["dumb-init".into(), "--".into()],
+            // The graceful signal for SIGTERM, unless SIGTERM is the graceful one already.
             Pid1::DumbInitQuit => vec![
                 "dumb-init".into(),
                 "--rewrite".into(),
-                "15:3".into(),
+                format!("15:{}", subject.entry.graceful_stop as i32),
                 "--".into(),
             ],
             Pid1::Lameduck | Pid1::LameduckLong | Pid1::LameduckAdaptive => {
@@ -108,47 +139,61 @@ impl Pid1 {
                     drain.extend(["--quiet-period", quiet.as_str()]);
                 }
                 let mut argv = vec![lameduck.to_owned()];
-                argv.extend(nginx.under_lameduck(pod.endpoints, &drain));
+                argv.extend(app.under_lameduck(pod.endpoints, subject.graceful(), &drain));
                 return argv;
             }
         };
-        argv.extend(nginx.command());
+        argv.extend(app.command());
         argv
     }
 
-    /// What the balancer checks: lameduck's `/readyz`, or else nginx itself, as a readiness probe
-    /// on the app's port would.
+    /// What the balancer checks: lameduck's `/readyz`, or else the server itself, as a
+    /// readiness probe on the app's port would.
     fn check(self, pod: &PodAddrs) -> (&'static str, SocketAddr) {
         match self {
             Pid1::Lameduck | Pid1::LameduckLong | Pid1::LameduckAdaptive => {
                 ("/readyz", pod.endpoints)
             }
-            _ => ("/fast", pod.nginx),
+            _ => ("/fast", pod.app),
         }
     }
 }
 
 struct PodAddrs {
-    nginx: SocketAddr,
+    app: SocketAddr,
     /// lameduck's endpoints (unused by the other inits).
     endpoints: SocketAddr,
 }
 
-/// One pod: `unshare --pid --fork --mount-proc --kill-child INIT nginx`, killed on drop.
+/// One pod: `unshare --pid --fork --mount-proc --kill-child INIT SERVER`, killed on drop.
 struct Pod {
     process: Child,
     /// The pod's PID 1 as the host sees it.
     pid1: Pid,
-    /// Dropped after `process`, so nginx is gone before its folder is removed.
-    _config: NginxConfig,
+    /// Dropped after `process`, so the server is gone before its folder is removed.
+    _app: App,
 }
 
 impl Pod {
-    fn start(init: Pid1, name: &str, addrs: &PodAddrs, lameduck: &str) -> Self {
-        let config = NginxConfig::new(&format!("bench-{name}"), addrs.nginx);
+    fn start(
+        init: Pid1,
+        subject: &Subject,
+        (name, label): (&str, &str),
+        addrs: &PodAddrs,
+        upstream: Option<SocketAddr>,
+        lameduck: &str,
+    ) -> Self {
+        let app = App::new(
+            subject.kind,
+            &format!("bench-{label}"),
+            name,
+            addrs.app,
+            upstream,
+        );
         let process = Command::new("unshare")
             .args(["--pid", "--fork", "--mount-proc", "--kill-child"])
-            .args(init.argv(addrs, &config, lameduck))
+            .args(init.argv(addrs, &app, subject, lameduck))
+            .envs(app.env())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -165,14 +210,19 @@ impl Pod {
         );
         let (path, addr) = init.check(addrs);
         assert!(
-            wait_until(Duration::from_secs(10), || status(addr, path) == Some(200)),
+            wait_until(Duration::from_secs(15), || status(addr, path) == Some(200)),
             "{name} ({}) never answered {path} on {addr}",
-            init.label()
+            init.label(subject)
         );
+        // Its log goes nowhere here: give a server that starts in parts (gunicorn's workers)
+        // the time it takes on a quiet machine.
+        if !app.started(&[]) {
+            std::thread::sleep(Duration::from_secs(2));
+        }
         Pod {
             process,
             pid1: pid1.expect("pid 1"),
-            _config: config,
+            _app: app,
         }
     }
 
@@ -216,31 +266,53 @@ struct Row {
     exit_code: Option<i32>,
 }
 
-fn run_once(init: Pid1, round: usize, connections: Connections, lameduck: &str) -> Row {
-    let [b1_nginx, b1_endpoints, b2_nginx, b2_endpoints, listen]: [SocketAddr; 5] =
-        free_addrs(IP, 5).try_into().expect("5 addresses");
+/// How the clients reach the pods.
+#[derive(Clone, Copy)]
+struct Front {
+    connections: Connections,
+    /// TCP mode, the pod taken out `TAKE_OUT_AFTER` its SIGTERM; else HTTP mode with checks.
+    l4: bool,
+}
+
+fn run_once(init: Pid1, subject: &Subject, round: usize, front: Front, lameduck: &str) -> Row {
+    let [b1_app, b1_endpoints, b2_app, b2_endpoints, listen, up]: [SocketAddr; 6] =
+        free_addrs(IP, 6).try_into().expect("6 addresses");
+    let upstream = subject
+        .kind
+        .needs_upstream()
+        .then(|| Nginx::start(&format!("bench-upstream-{round}"), up));
+    let up = upstream.as_ref().map(|u| u.config.addr);
     let b1_addrs = PodAddrs {
-        nginx: b1_nginx,
+        app: b1_app,
         endpoints: b1_endpoints,
     };
     let b2_addrs = PodAddrs {
-        nginx: b2_nginx,
+        app: b2_app,
         endpoints: b2_endpoints,
     };
-    let mut b1 = Pod::start(init, &format!("{round}-b1"), &b1_addrs, lameduck);
-    let _b2 = Pod::start(init, &format!("{round}-b2"), &b2_addrs, lameduck);
+    let b1_label = format!("{round}-b1");
+    let mut b1 = Pod::start(init, subject, ("b1", &b1_label), &b1_addrs, up, lameduck);
+    let b2_label = format!("{round}-b2");
+    let _b2 = Pod::start(init, subject, ("b2", &b2_label), &b2_addrs, up, lameduck);
     let (path, _) = init.check(&b1_addrs);
     let servers = [("b1", &b1_addrs), ("b2", &b2_addrs)].map(|(name, addrs)| Server {
         name: name.into(),
-        addr: addrs.nginx,
+        addr: addrs.app,
         check: init.check(addrs).1,
     });
-    let haproxy = Haproxy::start(&format!("bench-{round}"), listen, path, &servers);
-    assert!(
-        haproxy.wait_for(&[("b1", "UP"), ("b2", "UP")], Duration::from_secs(10)),
-        "servers not UP: {:?}",
-        haproxy.states()
-    );
+    let label = format!("bench-{round}");
+    let haproxy = if front.l4 {
+        Haproxy::start_tcp(&label, listen, &servers)
+    } else {
+        let haproxy = Haproxy::start(&label, listen, path, &servers);
+        assert!(
+            haproxy.wait_for(&[("b1", "UP"), ("b2", "UP")], Duration::from_secs(10)),
+            "servers not UP: {:?}",
+            haproxy.states()
+        );
+        haproxy
+    };
+    let connections = front.connections;
 
     let load = Load::start(Plan {
         target: listen,
@@ -253,7 +325,15 @@ fn run_once(init: Pid1, round: usize, connections: Connections, lameduck: &str) 
     });
     std::thread::sleep(LEAD);
     let term = Instant::now();
-    let (exit_after, exit_code) = b1.terminate();
+    let (exit_after, exit_code) = std::thread::scope(|scope| {
+        if front.l4 {
+            scope.spawn(|| {
+                std::thread::sleep(TAKE_OUT_AFTER);
+                haproxy.take_out("b1");
+            });
+        }
+        b1.terminate()
+    });
     std::thread::sleep(TAIL.saturating_sub(term.elapsed()));
     let report = load.stop();
     row(&report, term, exit_after, exit_code)
@@ -280,29 +360,63 @@ fn row(report: &Report, term: Instant, exit_after: Duration, exit_code: Option<i
 
 fn main() {
     let mut runs = 3;
-    let mut connections = Connections::PerRequest;
+    let mut front = Front {
+        connections: Connections::PerRequest,
+        l4: false,
+    };
+    let mut kind = Kind::Nginx;
+    let mut short = false;
     let mut lameduck = default_lameduck();
     let mut args = std::env::args().skip(1);
+    let usage =
+        "usage: [--server NAME] [--runs N] [--keep-alive] [--l4] [--short] [--lameduck PATH]";
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--runs" => runs = args.next().and_then(|n| n.parse().ok()).expect("--runs N"),
-            "--keep-alive" => connections = Connections::KeepAlive,
+            "--keep-alive" => front.connections = Connections::KeepAlive,
+            "--l4" => front.l4 = true,
+            "--short" => short = true,
+            "--server" => {
+                let name = args.next().unwrap_or_default();
+                kind = Kind::from_id(&name).unwrap_or_else(|| {
+                    let names: Vec<&str> = Kind::ALL.iter().map(|k| k.id()).collect();
+                    panic!("unknown server {name:?}; one of {}", names.join(", "))
+                });
+            }
             "--lameduck" => lameduck = args.next().expect("--lameduck PATH").into(),
-            other => panic!(
-                "unknown argument {other:?}; usage: [--runs N] [--keep-alive] [--lameduck PATH]"
-            ),
+            other => panic!("unknown argument {other:?}; {usage}"),
         }
     }
+    let entry = known::SERVERS
+        .iter()
+        .find(|s| s.name == kind.table_name())
+        .expect("every server of apps.rs is in the table");
+    let subject = Subject { kind, entry };
     let lameduck = lameduck.display().to_string();
     println!(
-        "{WORKERS} clients, GET /slow ({} KiB, ~400 ms), {} to HAProxy; SIGTERM to backend 1 after {} ms of load, load for {} ms after it or until backend 1 exited; lameduck --shutdown-delay {} ms unless said otherwise\n",
+        "{} pods; {WORKERS} clients, GET /slow ({} KiB, ~400 ms), {} to HAProxy in {}; SIGTERM to backend 1 after {} ms of load{}, load for {} ms after it or until backend 1 exited; lameduck --stop-signal {} --shutdown-delay {} ms unless said otherwise\n",
+        kind.id(),
         SLOW_BYTES / 1024,
-        match connections {
+        match front.connections {
             Connections::PerRequest => "a new connection per request",
             Connections::KeepAlive => "keep-alive connections",
         },
+        if front.l4 {
+            "TCP mode (L4)"
+        } else {
+            "HTTP mode (L7, checking readiness)"
+        },
         LEAD.as_millis(),
+        if front.l4 {
+            format!(
+                ", taken out of HAProxy {} ms after it",
+                TAKE_OUT_AFTER.as_millis()
+            )
+        } else {
+            String::new()
+        },
         TAIL.as_millis(),
+        subject.graceful(),
         DELAY.as_millis()
     );
     println!(
@@ -310,16 +424,22 @@ fn main() {
     );
     println!("|---|---|---|---|---|---|---|---|---|---|");
     let mut totals = Vec::new();
-    for init in Pid1::ALL {
+    let rows = Pid1::ALL.into_iter().filter(|init| match init {
+        // Rewriting SIGTERM to itself measures dumb-init again.
+        Pid1::DumbInitQuit => subject.entry.graceful_stop != Signal::SIGTERM,
+        Pid1::LameduckLong | Pid1::LameduckAdaptive => !short,
+        _ => true,
+    });
+    for init in rows {
         let (mut sent, mut failed, mut exit_after) = (0, 0, Duration::ZERO);
         for round in 1..=runs {
-            let r = run_once(init, round, connections, &lameduck);
+            let r = run_once(init, &subject, round, front, &lameduck);
             sent += r.sent;
             failed += r.failed;
             exit_after += r.exit_after;
             println!(
                 "| {} | {round} | {} | {} | {} | {} | {} | {} | {:.2} s | {} |",
-                init.label(),
+                init.label(&subject),
                 r.sent,
                 r.failed,
                 r.status_5xx,
@@ -338,7 +458,7 @@ fn main() {
     for (init, sent, failed, mean_exit) in totals {
         println!(
             "| {} | {runs} | {sent} | {failed} | {:.1} % | {:.2} s |",
-            init.label(),
+            init.label(&subject),
             100.0 * failed as f64 / sent.max(1) as f64,
             mean_exit.as_secs_f64()
         );
