@@ -10,7 +10,8 @@ use nix::sys::signal::Signal;
 
 use crate::duration;
 use crate::settings::{
-    DrainConfig, GRACE_MARGIN, QuietConfig, ReadinessDuringDelay, ReadyCheck, Token,
+    DrainConfig, Forwarded, GRACE_MARGIN, QuietConfig, ReadinessDuringDelay, ReadyCheck, Route,
+    Token,
 };
 use crate::signals::{Rewrite, Rewrites, SignalArg};
 
@@ -80,10 +81,6 @@ pub struct WrapArgs {
     /// Adaptive delay: stop waiting once no traffic reached the app for this long.
     #[arg(long, value_name = "DURATION", env = "LAMEDUCK_QUIET_PERIOD", value_parser = duration::parse)]
     pub quiet_period: Option<Duration>,
-
-    /// With --quiet-period: never send the stop signal sooner than this after the drain began.
-    #[arg(long, value_name = "DURATION", default_value = "1s", env = "LAMEDUCK_MIN_DELAY", value_parser = duration::parse)]
-    pub min_delay: Duration,
 
     /// With --quiet-period: the app's ports to watch [default: the ports the app listens on].
     #[arg(
@@ -163,6 +160,32 @@ pub struct DrainArgs {
     #[arg(long, value_name = "DURATION", env = "LAMEDUCK_GRACE_PERIOD", value_parser = duration::parse)]
     pub grace_period: Option<Duration>,
 
+    /// Take the pod's traffic on LISTEN, forward it to the app on APP, and move clients off gracefully in the drain, e.g. 0.0.0.0:80=127.0.0.1:8080 (repeatable).
+    #[arg(
+        long = "proxy",
+        value_name = "LISTEN=APP",
+        env = "LAMEDUCK_PROXY",
+        value_delimiter = ','
+    )]
+    pub proxy: Vec<Route>,
+
+    /// With --proxy: the header that passes the client's address on to the app.
+    #[arg(
+        long,
+        value_name = "HEADER",
+        default_value = "none",
+        env = "LAMEDUCK_PROXY_FORWARDED"
+    )]
+    pub proxy_forwarded: Forwarded,
+
+    /// With --quiet-period or --proxy: never send the stop signal sooner than this after the drain began.
+    #[arg(long, value_name = "DURATION", default_value = "1s", env = "LAMEDUCK_MIN_DELAY", value_parser = duration::parse)]
+    pub min_delay: Duration,
+
+    /// Send the app this signal when the drain starts, before its stop signal (e.g. USR1 for an app that then stops keep-alive).
+    #[arg(long, value_name = "SIGNAL", env = "LAMEDUCK_DRAIN_SIGNAL")]
+    pub drain_signal: Option<SignalArg>,
+
     /// Require `Authorization: Bearer TOKEN` on /prestop (best from a Secret, via the env).
     #[arg(
         long,
@@ -179,22 +202,28 @@ impl WrapArgs {
         let Some(period) = self.quiet_period else {
             return Ok(None);
         };
-        if self.min_delay > config.shutdown_delay {
-            return Err(format!(
-                "--min-delay {} is longer than --shutdown-delay {}, which bounds the adaptive delay",
-                duration::format(self.min_delay),
-                duration::format(config.shutdown_delay)
-            ));
-        }
+        check_min_delay(config.min_delay, config.shutdown_delay)?;
         if period.is_zero() {
             return Err("--quiet-period must be longer than 0".into());
         }
         Ok(Some(QuietConfig {
             period,
-            min_delay: self.min_delay,
+            min_delay: config.min_delay,
             app_ports: self.app_ports.clone(),
         }))
     }
+}
+
+/// The adaptive end of the delay (`--quiet-period`, `--proxy`) lies between these two.
+fn check_min_delay(min_delay: Duration, shutdown_delay: Duration) -> Result<(), String> {
+    if min_delay > shutdown_delay {
+        return Err(format!(
+            "--min-delay {} is longer than --shutdown-delay {}, which bounds the adaptive delay",
+            duration::format(min_delay),
+            duration::format(shutdown_delay)
+        ));
+    }
+    Ok(())
 }
 
 /// Logging flags.
@@ -228,6 +257,31 @@ impl ValueEnum for ReadinessDuringDelay {
             ReadinessDuringDelay::Pass => PossibleValue::new("pass").help(
                 "Keep passing until the stop signal: kube-proxy may still fall back to this endpoint",
             ),
+        })
+    }
+}
+
+impl ValueEnum for Forwarded {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[
+            Forwarded::None,
+            Forwarded::XForwardedFor,
+            Forwarded::Forwarded,
+        ]
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        use clap::builder::PossibleValue;
+        Some(match self {
+            Forwarded::None => {
+                PossibleValue::new("none").help("The app sees lameduck's loopback address")
+            }
+            Forwarded::XForwardedFor => {
+                PossibleValue::new("x-forwarded-for").help("X-Forwarded-For: CLIENT")
+            }
+            Forwarded::Forwarded => {
+                PossibleValue::new("forwarded").help("Forwarded: for=CLIENT (RFC 7239)")
+            }
         })
     }
 }
@@ -283,6 +337,9 @@ impl DrainArgs {
             }
             kill_budget = Some(budget);
         }
+        if !self.proxy.is_empty() {
+            check_min_delay(self.min_delay, self.shutdown_delay)?;
+        }
         Ok(DrainConfig {
             listen: self.listen,
             shutdown_delay: self.shutdown_delay,
@@ -291,6 +348,10 @@ impl DrainArgs {
             readiness_during_delay: self.readiness_during_delay,
             kill_budget,
             prestop_token: self.prestop_token.clone(),
+            proxy: self.proxy.clone(),
+            proxy_forwarded: self.proxy_forwarded,
+            min_delay: self.min_delay,
+            drain_signal: self.drain_signal.map(|s| s.0),
         })
     }
 }

@@ -13,7 +13,7 @@ use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use subtle::ConstantTimeEq;
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::AbortHandle;
 
@@ -212,24 +212,10 @@ fn respond(status: StatusCode, content_type: &'static str, body: String) -> Resp
     response
 }
 
-/// How many connections may wait to be accepted: a probe burst must not overflow the queue
-/// (the default of 128 costs an overflowing client a 1s SYN retry).
-const LISTEN_BACKLOG: u32 = 1024;
-
 /// Binds the endpoints' listener; a taken port is a configuration error.
 pub fn bind(config: &DrainConfig) -> Result<TcpListener, Fatal> {
     let addr = config.listen;
-    let listen = || {
-        let socket = if addr.is_ipv4() {
-            TcpSocket::new_v4()?
-        } else {
-            TcpSocket::new_v6()?
-        };
-        socket.set_reuseaddr(true)?;
-        socket.bind(addr)?;
-        socket.listen(LISTEN_BACKLOG)
-    };
-    listen().map_err(|err| Fatal::usage(format!("cannot listen on {addr}: {err}")))
+    crate::net::listen(addr).map_err(|err| Fatal::usage(format!("cannot listen on {addr}: {err}")))
 }
 
 /// Logs where the endpoints listen, and who can start a drain; returns the port.

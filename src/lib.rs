@@ -12,6 +12,8 @@
 //! - `child`, `reaper` and `target` own the app's process: spawning, `waitpid`, signalling.
 //! - `http`, `status` and `metrics` publish the phase on `/readyz`, `/livez`, `/status`,
 //!   `/metrics` and take `/prestop`.
+//! - `net` opens every listener; `proxy` forwards the pod's traffic to the app and closes its
+//!   connections gracefully during the drain (`--proxy`).
 //! - `install` copies the binary into an init container's volume; `logging` sets up tracing.
 
 #![deny(clippy::unwrap_used, clippy::expect_used)]
@@ -25,7 +27,9 @@ pub mod http;
 pub mod install;
 pub mod logging;
 pub mod metrics;
+pub mod net;
 pub mod phase;
+pub mod proxy;
 pub mod readiness;
 pub mod reaper;
 pub mod settings;

@@ -15,6 +15,7 @@ use lameduck::cli::{self, Mode, WrapArgs};
 use lameduck::exit::{EXIT_USAGE, Fatal, say};
 use lameduck::metrics::Metrics;
 use lameduck::phase::Phase;
+use lameduck::proxy::Proxy;
 use lameduck::signals::{self, Rewrites};
 use lameduck::status::Snapshot;
 use lameduck::supervisor::Supervisor;
@@ -52,13 +53,15 @@ fn wrap(args: WrapArgs) -> Result<i32, Fatal> {
             .map_err(|err| Fatal::failed(format!("cannot install signal handlers: {err}")))?;
         let listener = lameduck::http::bind(&config)?;
         let listen_port = lameduck::http::announce(&listener, &config);
+        let proxy = Proxy::start(&config.proxy, config.proxy_forwarded).map_err(Fatal::usage)?;
         let open_files = lameduck::child::raise_open_files();
         let app = lameduck::child::spawn(&args.command, args.group, open_files, ignored)?;
         tracing::info!(pid = app.pid.as_raw(), pid1, "started the app");
 
         let (events_tx, events_rx) = mpsc::channel(64);
-        let (status_tx, status_rx) =
-            watch::channel(Snapshot::starting("wrapper", app.pid.as_raw()));
+        let mut snapshot = Snapshot::starting("wrapper", app.pid.as_raw());
+        snapshot.proxy = proxy.as_ref().map(Proxy::tally);
+        let (status_tx, status_rx) = watch::channel(snapshot);
         let metrics = Arc::new(Metrics::default());
         tokio::spawn(lameduck::http::serve(
             listener,
@@ -92,6 +95,7 @@ fn wrap(args: WrapArgs) -> Result<i32, Fatal> {
             quiet,
             listen_port,
             ready_at_start,
+            proxy,
         };
         Ok(supervisor.run(signals, events_rx).await)
     })

@@ -60,6 +60,8 @@ pub enum Event {
     DelayElapsed,
     /// No traffic reached the app for the quiet period (`--quiet-period`).
     TrafficQuiet,
+    /// The drain proxy has no connection left open and the minimum delay has passed.
+    ProxyDrained,
     /// The drain timeout has run out.
     DrainTimeout,
     /// The app exited with this status (its code, or 128+N for signal N).
@@ -92,6 +94,7 @@ pub fn reason(event: Event) -> &'static str {
         Event::AppReady(false) => "app not ready",
         Event::DelayElapsed => "shutdown delay elapsed",
         Event::TrafficQuiet => "no traffic for the quiet period",
+        Event::ProxyDrained => "the proxy moved every client off",
         Event::DrainTimeout => "drain timeout",
         Event::AppExited(_) => "app exited",
     }
@@ -115,13 +118,18 @@ pub fn step(phase: Phase, event: Event) -> (Phase, Option<Action>) {
         // An impatient second SIGTERM skips the rest of the delay; a repeated hook does not.
         (Draining, Event::Shutdown(_)) => (Stopping, Some(SendStopSignal)),
         (Draining, Event::PreStop) => (Draining, Some(Absorbed)),
-        (Draining, Event::DelayElapsed | Event::TrafficQuiet) => (Stopping, Some(SendStopSignal)),
+        (Draining, Event::DelayElapsed | Event::TrafficQuiet | Event::ProxyDrained) => {
+            (Stopping, Some(SendStopSignal))
+        }
         // The stop signal goes out exactly once: repeats could turn a graceful stop into a fast one.
         (Stopping | Killing, Event::Shutdown(_) | Event::PreStop) => (phase, Some(Absorbed)),
         (Stopping, Event::DrainTimeout) => (Killing, Some(KillAll)),
 
         // Timers that fire after the phase they were armed for has passed.
-        (_, Event::DelayElapsed | Event::TrafficQuiet | Event::DrainTimeout) => (phase, None),
+        (
+            _,
+            Event::DelayElapsed | Event::TrafficQuiet | Event::ProxyDrained | Event::DrainTimeout,
+        ) => (phase, None),
     }
 }
 
@@ -143,6 +151,7 @@ mod tests {
             Event::AppReady(false),
             Event::DelayElapsed,
             Event::TrafficQuiet,
+            Event::ProxyDrained,
             Event::DrainTimeout,
             Event::AppExited(3),
         ]
@@ -165,7 +174,8 @@ mod tests {
                 if event == term
                     || event == int
                     || event == Event::DelayElapsed
-                    || event == Event::TrafficQuiet =>
+                    || event == Event::TrafficQuiet
+                    || event == Event::ProxyDrained =>
             {
                 (Stopping, Some(SendStopSignal))
             }

@@ -71,6 +71,58 @@ pub struct DrainConfig {
     pub kill_budget: Option<Duration>,
     /// The bearer token /prestop demands, if any.
     pub prestop_token: Option<Token>,
+    /// The drain proxy's routes (none without `--proxy`).
+    pub proxy: Vec<Route>,
+    /// The header the proxy passes the client's address in.
+    pub proxy_forwarded: Forwarded,
+    /// With the adaptive delay or the proxy: the earliest the stop signal may go out.
+    pub min_delay: Duration,
+    /// The signal the app gets when the drain starts, if any.
+    pub drain_signal: Option<Signal>,
+}
+
+/// One `--proxy LISTEN=APP`: where lameduck accepts the pod's traffic, and where the app is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Route {
+    /// Where clients connect (the Service's `targetPort`).
+    pub listen: SocketAddr,
+    /// The app's own address, normally on loopback.
+    pub app: SocketAddr,
+}
+
+impl FromStr for Route {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let (listen, app) = text.split_once('=').ok_or_else(|| {
+            format!("expected LISTEN=APP (e.g. 0.0.0.0:80=127.0.0.1:8080), got {text:?}")
+        })?;
+        let address = |part: &str| {
+            part.trim()
+                .parse::<SocketAddr>()
+                .map_err(|_| format!("{part:?} is not an IP:PORT address"))
+        };
+        let route = Route {
+            listen: address(listen)?,
+            app: address(app)?,
+        };
+        if route.app.port() == 0 {
+            return Err(format!("the app's port in {text:?} cannot be 0"));
+        }
+        Ok(route)
+    }
+}
+
+/// Which header tells the app the client's address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Forwarded {
+    /// None: the app sees lameduck's loopback address.
+    #[default]
+    None,
+    /// `X-Forwarded-For: CLIENT` (appended to one the client sent).
+    XForwardedFor,
+    /// `Forwarded: for=CLIENT` (RFC 7239, appended to one the client sent).
+    Forwarded,
 }
 
 /// Where and how to ask the app whether it is ready.
@@ -145,6 +197,36 @@ impl fmt::Display for ReadyCheck {
             ReadyCheck::Http {
                 authority, path, ..
             } => write!(f, "http://{authority}{path}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_route_is_listen_equals_app() {
+        let route: Route = "0.0.0.0:80=127.0.0.1:8080".parse().unwrap();
+        assert_eq!(route.listen, "0.0.0.0:80".parse().unwrap());
+        assert_eq!(route.app, "127.0.0.1:8080".parse().unwrap());
+        let v6: Route = "[::]:80=[::1]:8080".parse().unwrap();
+        assert_eq!(v6.app, "[::1]:8080".parse().unwrap());
+    }
+
+    #[test]
+    fn a_bad_route_says_what_is_wrong() {
+        for (text, expected) in [
+            ("127.0.0.1:8080", "expected LISTEN=APP"),
+            ("80=127.0.0.1:8080", "\"80\" is not an IP:PORT"),
+            (
+                "0.0.0.0:80=localhost:8080",
+                "\"localhost:8080\" is not an IP:PORT",
+            ),
+            ("0.0.0.0:80=127.0.0.1:0", "cannot be 0"),
+        ] {
+            let err = text.parse::<Route>().unwrap_err();
+            assert!(err.contains(expected), "{text}: {err}");
         }
     }
 }

@@ -17,6 +17,7 @@ use crate::exit::Fatal;
 use crate::logging;
 use crate::metrics::Metrics;
 use crate::phase::{self, Action, Event, Phase};
+use crate::proxy::{self, Proxy};
 use crate::settings::DrainConfig;
 use crate::signals::{Rewrites, short_name};
 use crate::status::{self, Snapshot, log_stop_signal_sent};
@@ -63,13 +64,16 @@ pub fn run(args: SidecarArgs) -> Result<i32, Fatal> {
         crate::child::raise_open_files();
         let listener = crate::http::bind(&config)?;
         crate::http::announce(&listener, &config);
+        let proxy = Proxy::start(&config.proxy, config.proxy_forwarded).map_err(Fatal::usage)?;
         let mode = if selector.is_some() {
             "sidecar"
         } else {
             "sidecar (delay only)"
         };
         let (events_tx, events_rx) = mpsc::channel(64);
-        let (status_tx, status_rx) = watch::channel(Snapshot::starting(mode, 0));
+        let mut snapshot = Snapshot::starting(mode, 0);
+        snapshot.proxy = proxy.as_ref().map(Proxy::tally);
+        let (status_tx, status_rx) = watch::channel(snapshot);
         let metrics = Arc::new(Metrics::default());
         tokio::spawn(crate::http::serve(
             listener,
@@ -93,6 +97,7 @@ pub fn run(args: SidecarArgs) -> Result<i32, Fatal> {
             target: None,
             timers: Timers::default(),
             metrics,
+            proxy,
         }
         .run(signals, events_rx)
         .await;
@@ -107,6 +112,7 @@ struct Sidecar {
     target: Option<Target>,
     timers: Timers,
     metrics: Arc<Metrics>,
+    proxy: Option<Proxy>,
 }
 
 impl Sidecar {
@@ -145,6 +151,10 @@ impl Sidecar {
                     self.timers.delay_ends = None;
                     Event::DelayElapsed
                 }
+                tally = proxy::drained(self.proxy.as_ref(), self.timers.drain_started, self.config.min_delay), if phase == Phase::Draining => {
+                    status::log_proxy_drained(&tally, &self.config);
+                    Event::ProxyDrained
+                }
                 () = at(self.timers.kill_at) => {
                     self.timers.kill_at = None;
                     Event::DrainTimeout
@@ -167,6 +177,7 @@ impl Sidecar {
             match action {
                 Some(Action::StartDelay) => {
                     self.timers.start_delay(&self.config);
+                    self.begin_drain();
                     status::delay_started(&self.status, &self.config);
                 }
                 Some(Action::SendStopSignal) => self.send_stop_signal(),
@@ -231,6 +242,23 @@ impl Sidecar {
                 }
                 None
             }
+        }
+    }
+
+    /// The drain signal to the app, if any, and the proxy's switch to closing connections.
+    fn begin_drain(&self) {
+        if let (Some(signal), Some(target)) = (self.config.drain_signal, &self.target) {
+            match target.signal(signal) {
+                Ok(()) => {
+                    tracing::info!(signal = %short_name(signal), "sent the app its drain signal")
+                }
+                Err(err) => {
+                    tracing::warn!(signal = %short_name(signal), %err, "could not send the drain signal")
+                }
+            }
+        }
+        if let Some(proxy) = &self.proxy {
+            proxy.drain();
         }
     }
 

@@ -10,6 +10,7 @@ use tokio::time::Instant;
 
 use crate::duration;
 use crate::phase::{self, Event, Phase};
+use crate::proxy::{Proxy, Tally};
 use crate::settings::{DrainConfig, ReadinessDuringDelay};
 use crate::signals::short_name;
 
@@ -32,6 +33,8 @@ pub struct Snapshot {
     pub delay_ends: Option<SystemTime>,
     /// Connections open to the app's ports, while the adaptive delay watches them.
     pub open_connections: Option<usize>,
+    /// The drain proxy's connections, live, with `--proxy`.
+    pub proxy: Option<watch::Receiver<Tally>>,
 }
 
 impl Snapshot {
@@ -46,6 +49,7 @@ impl Snapshot {
             app_ready: false,
             delay_ends: None,
             open_connections: None,
+            proxy: None,
         }
     }
 
@@ -77,6 +81,7 @@ impl Snapshot {
             "app_ready": self.app_ready,
             "delay_left_ms": self.delay_left().map(|left| left.as_millis() as u64),
             "open_connections": self.open_connections,
+            "proxy": self.proxy.as_ref().map(|tally| proxy_json(&tally.borrow())),
             "shutdown_delay": duration::format(config.shutdown_delay),
             "drain_timeout": duration::format(config.drain_timeout),
             "stop_signal": short_name(config.stop_signal),
@@ -130,6 +135,43 @@ pub fn log_stop_signal_sent(signal: Signal, drain_timeout: Duration) {
         drain_timeout_ms = drain_timeout.as_millis() as u64,
         "sent the app its stop signal"
     );
+}
+
+fn proxy_json(tally: &Tally) -> serde_json::Value {
+    json!({
+        "open_connections": tally.open,
+        "accepted": tally.accepted,
+        "moved_off": tally.moved_off,
+        "drained_after_ms": tally.drained_after.map(|took| took.as_millis() as u64),
+    })
+}
+
+/// The log line when the proxy has moved every client off and the delay ends early.
+pub fn log_proxy_drained(tally: &Tally, config: &DrainConfig) {
+    let waited = tally
+        .drain_started
+        .map(|started| started.elapsed())
+        .unwrap_or_default();
+    tracing::info!(
+        moved_off = tally.moved_off,
+        took_ms = tally.drained_after.unwrap_or_default().as_millis() as u64,
+        waited_ms = waited.as_millis() as u64,
+        saved_ms = config.shutdown_delay.saturating_sub(waited).as_millis() as u64,
+        "the proxy moved every client off; stopping the app before the full shutdown delay"
+    );
+}
+
+/// The log line when the shutdown delay ran out with proxied connections still open.
+pub fn log_proxy_left(proxy: Option<&Proxy>) {
+    let Some(proxy) = proxy else { return };
+    let tally = *proxy.tally().borrow();
+    if tally.open > 0 {
+        tracing::warn!(
+            still_open = tally.open,
+            moved_off = tally.moved_off,
+            "the shutdown delay ran out before every proxied client left; the rest stay open until the app closes them"
+        );
+    }
 }
 
 fn unix_ms(at: SystemTime) -> u64 {

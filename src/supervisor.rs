@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use crate::child::App;
 use crate::metrics::Metrics;
 use crate::phase::{self, Action, Event, Phase};
+use crate::proxy::{self, Proxy};
 use crate::reaper;
 use crate::settings::{DrainConfig, QuietConfig};
 use crate::signals::{self, Rewrites, short_name};
@@ -51,6 +52,8 @@ pub struct Supervisor {
     pub listen_port: u16,
     /// Whether the app counts as ready from the start (there is no ready check).
     pub ready_at_start: bool,
+    /// The drain proxy, with `--proxy`.
+    pub proxy: Option<Proxy>,
 }
 
 impl Supervisor {
@@ -91,7 +94,12 @@ impl Supervisor {
                     Some(event) = events.recv() => event,
                     () = at(timers.delay_ends) => {
                         timers.delay_ends = None;
+                        status::log_proxy_left(self.proxy.as_ref());
                         Event::DelayElapsed
+                    }
+                    tally = proxy::drained(self.proxy.as_ref(), timers.drain_started, self.config.min_delay), if phase == Phase::Draining => {
+                        status::log_proxy_drained(&tally, &self.config);
+                        Event::ProxyDrained
                     }
                     () = at(timers.kill_at) => {
                         timers.kill_at = None;
@@ -157,6 +165,7 @@ impl Supervisor {
             Action::StartDelay if self.config.shutdown_delay.is_zero() => {
                 // No timer round trip: a zero delay sends the stop signal at once.
                 timers.drain_started = Some(Instant::now());
+                self.begin_drain();
                 *due = Some(Event::DelayElapsed);
                 None
             }
@@ -282,6 +291,7 @@ impl Supervisor {
             }
             Action::StartDelay => {
                 timers.start_delay(&self.config);
+                self.begin_drain();
                 status::delay_started(&self.status, &self.config);
             }
             Action::SendStopSignal => {
@@ -304,6 +314,24 @@ impl Supervisor {
                 tracing::info!("shutdown already under way; the stop signal is sent only once")
             }
             Action::Exit(_) => {}
+        }
+    }
+
+    /// What the start of the drain tells the app and the proxy: the drain signal, if any, and
+    /// the proxy's switch to closing connections.
+    fn begin_drain(&self) {
+        if let Some(signal) = self.config.drain_signal {
+            match self.app.signal(signal) {
+                Ok(()) => {
+                    tracing::info!(signal = %short_name(signal), "sent the app its drain signal")
+                }
+                Err(err) => {
+                    tracing::warn!(signal = %short_name(signal), %err, "could not send the drain signal")
+                }
+            }
+        }
+        if let Some(proxy) = &self.proxy {
+            proxy.drain();
         }
     }
 

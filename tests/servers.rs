@@ -164,7 +164,7 @@ fn drain_one_of_two(kind: Kind, ip: Ipv4Addr, front: Front, connections: Connect
             );
             haproxy
         }
-        Front::L4 => Haproxy::start_tcp(&test, listen, &[b1.server(), b2.server()]),
+        Front::L4 => Haproxy::start_tcp(&test, listen, None, &[b1.server(), b2.server()]),
     };
 
     let load = start_load(listen, connections, WORKERS);

@@ -400,6 +400,7 @@ fn main() {
         match front.connections {
             Connections::PerRequest => "a new connection per request",
             Connections::KeepAlive => "keep-alive connections",
+            Connections::KeepAliveUnchecked => "keep-alive connections reused unchecked",
         },
         if front.l4 {
             "TCP mode (L4)"

@@ -2,9 +2,10 @@
 //! draining pod only from its health checks: a generated config in a temp dir (HTTP mode, round
 //! robin, `retries 0`, no redispatch, an HTTP check every 200 ms unless a scenario asks for
 //! slower ones), run in the foreground and killed by pid on drop. Its stats socket tells which
-//! servers it sees UP. In TCP mode (`start_tcp`) it stands for kube-proxy instead: no checks,
-//! connections pinned to the backend they were opened to, and a server taken out only by the
-//! runtime API (`take_out`), which leaves its established connections alone. Also hands out the loopback addresses the scenarios listen on. Like
+//! servers it sees UP. In TCP mode (`start_tcp`) it stands for kube-proxy instead: connections
+//! pinned to the backend they were opened to, and a server taken out by the runtime API
+//! (`take_out`) or, when asked for, by health checks, either way leaving its established
+//! connections alone. Also hands out the loopback addresses the scenarios listen on. Like
 //! nginx.rs it needs only std and the parent module's `wait_until`, so the benchmark
 //! (benches/zero_downtime/driver.rs) includes it too.
 
@@ -144,8 +145,15 @@ backend {BACKEND}
 
     /// Starts HAProxy in TCP mode on `listen` over `servers`, as kube-proxy balances a Service:
     /// each new connection goes to the next server (round robin), and stays with it for its
-    /// whole life; no health check, so readiness changes nothing until `take_out`.
-    pub fn start_tcp(label: &str, listen: SocketAddr, servers: &[Server]) -> Self {
+    /// whole life. Without `check_path` there is no health check, so readiness changes nothing
+    /// until `take_out`; with it, servers are checked as in `start` and one marked DOWN gets
+    /// no new connections, while its established ones stay (no `shutdown-sessions`).
+    pub fn start_tcp(
+        label: &str,
+        listen: SocketAddr,
+        check_path: Option<&str>,
+        servers: &[Server],
+    ) -> Self {
         let dir = std::env::temp_dir().join(format!(
             "lameduck-haproxy-tcp-{label}-{}-{}",
             std::process::id(),
@@ -168,6 +176,7 @@ defaults
     timeout connect 1s
     timeout client 30s
     timeout server 30s
+    timeout check 1s
 frontend front
     bind {listen}
     default_backend {BACKEND}
@@ -175,8 +184,21 @@ backend {BACKEND}
     balance roundrobin
 "
         );
+        if let Some(path) = check_path {
+            let checks = Checks::default();
+            config.push_str(&format!(
+                "    option httpchk GET {path}\n    http-check expect status 200\n    default-server inter {}ms fall {} rise {}\n",
+                checks.inter.as_millis(),
+                checks.fall,
+                checks.rise
+            ));
+        }
         for server in servers {
-            config.push_str(&format!("    server {} {}\n", server.name, server.addr));
+            let check = match check_path {
+                Some(_) => format!(" check addr {} port {}", server.check.ip(), server.check.port()),
+                None => String::new(),
+            };
+            config.push_str(&format!("    server {} {}{check}\n", server.name, server.addr));
         }
         Haproxy::run(dir, listen, config)
     }

@@ -19,6 +19,10 @@ pub enum Connections {
     /// One connection per worker, reused for every request. A new one is opened only when the
     /// server closed the old one between requests, as any keep-alive client does.
     KeepAlive,
+    /// As `KeepAlive`, but the next request goes out at once on the kept connection, without
+    /// first looking whether the server has closed it, as wrk and many client pools do: a
+    /// close right after a keep-alive answer is then a failed request, not a reconnect.
+    KeepAliveUnchecked,
 }
 
 /// What the load is and how long it may run.
@@ -195,7 +199,10 @@ fn run_worker(worker: usize, plan: &Plan, stop: &AtomicBool) -> Vec<Record> {
             break;
         }
         let start = Instant::now();
-        let reused = kept.take().filter(still_open);
+        let reused = match plan.connections {
+            Connections::KeepAliveUnchecked => kept.take(),
+            _ => kept.take().filter(still_open),
+        };
         let new_connection = reused.is_none();
         let stream = match reused.map_or_else(|| connect(plan.target), Ok) {
             Ok(stream) => stream,
@@ -301,7 +308,7 @@ fn exchange(mut stream: TcpStream, plan: &Plan) -> Answer {
     } else {
         Outcome::Ok
     };
-    let keep = plan.connections == Connections::KeepAlive
+    let keep = plan.connections != Connections::PerRequest
         && outcome == Outcome::Ok
         && head.content_length.is_some()
         && !head.close;

@@ -26,11 +26,23 @@ pub struct NginxConfig {
 impl NginxConfig {
     /// Writes the config for a server on `addr` into a fresh temp dir named after `label`.
     pub fn new(label: &str, addr: SocketAddr) -> Self {
-        NginxConfig::with_connections(label, addr, 1024)
+        NginxConfig::write(label, addr, 1024, None)
     }
 
     /// The same, for a worker that holds up to `connections` connections.
     pub fn with_connections(label: &str, addr: SocketAddr, connections: usize) -> Self {
+        NginxConfig::write(label, addr, connections, None)
+    }
+
+    /// `new` for a pod behind an L4 balancer (TCP mode), which cannot add headers and pins
+    /// each connection to one pod: every answer names its server in `X-Served-By: name`
+    /// itself, and a kept-alive connection is never recycled (`keepalive_requests`), so a
+    /// client stays on the pod it was pinned to, as through kube-proxy.
+    pub fn behind_l4(label: &str, addr: SocketAddr, name: &str) -> Self {
+        NginxConfig::write(label, addr, 1024, Some(name))
+    }
+
+    fn write(label: &str, addr: SocketAddr, connections: usize, l4_name: Option<&str>) -> Self {
         let dir = std::env::temp_dir().join(format!(
             "lameduck-nginx-{label}-{}-{}",
             std::process::id(),
@@ -42,6 +54,9 @@ impl NginxConfig {
         std::fs::write(dir.join("html/fast"), b"ok\n").expect("fast file");
         let d = dir.display();
         let files = connections + 64;
+        let l4 = l4_name.map_or(String::new(), |name| {
+            format!("add_header X-Served-By {name} always;\n        keepalive_requests 1000000;")
+        });
         let config = format!(
             "worker_processes 1;
 worker_rlimit_nofile {files};
@@ -59,6 +74,7 @@ http {{
     server {{
         listen {addr} reuseport;
         root {d}/html;
+        {l4}
         location = /slow {{ limit_rate {SLOW_RATE}; }}
     }}
 }}

@@ -1,0 +1,476 @@
+//! The proxy's HTTP side (hyper): accepts HTTP/1.1 and h2c on one port (told apart by the
+//! HTTP/2 preface), forwards each request
+//! to the app over HTTP/1.1 with bodies streamed both ways, passes upgrades (WebSocket) through
+//! as raw byte streams, and at the drain shuts every connection down gracefully. Bounded like
+//! the endpoints: a connection cap, a time limit on each request head, a size limit on it.
+
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use http_body_util::{Either, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::client::conn::http1::SendRequest;
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::upgrade::OnUpgrade;
+use hyper::{Request, Response, StatusCode, Uri, Version};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+
+use super::{Forwarded, Tally};
+
+/// At most this many client connections at once; beyond it new ones wait in the listen queue.
+/// Unlike the endpoints' clients these are the app's users, so none is ever closed to make room.
+const MAX_CONNECTIONS: usize = 4096;
+/// A client must send each request head within this time, counted from the end of the previous
+/// response on a kept-alive connection: nginx's own keep-alive timeout, so the proxy closes idle
+/// connections no sooner than the app behind it would.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(75);
+/// Largest request head (HTTP/1.1) or header list (HTTP/2) accepted.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Requests one HTTP/2 connection may have in flight; each takes its own connection to the app.
+const MAX_STREAMS: u32 = 128;
+/// How long an HTTP/1.1 connection that carries no request in the drain stays open: a client
+/// that uses it within this time is moved off after its answer instead, without a race; one
+/// that stays idle this long is unlikely to send just as it is closed.
+const IDLE_GRACE: Duration = Duration::from_secs(1);
+/// How long a connection to the app may take before the request gets a 502.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// What the client gets: the app's body as it streams in, or lameduck's own short answer.
+type Body = Either<Incoming, Full<Bytes>>;
+
+/// What every proxied connection shares.
+pub(super) struct Shared {
+    draining: watch::Receiver<bool>,
+    tally: watch::Sender<Tally>,
+    forwarded: Forwarded,
+    slots: Arc<Semaphore>,
+}
+
+impl Shared {
+    pub(super) fn new(
+        draining: watch::Receiver<bool>,
+        tally: watch::Sender<Tally>,
+        forwarded: Forwarded,
+    ) -> Arc<Self> {
+        Arc::new(Shared {
+            draining,
+            tally,
+            forwarded,
+            slots: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+        })
+    }
+}
+
+/// Accepts clients on `listener` for the app at `app` until the runtime shuts down.
+pub(super) async fn serve(listener: TcpListener, app: SocketAddr, shared: Arc<Shared>) {
+    loop {
+        let Ok(slot) = Arc::clone(&shared.slots).acquire_owned().await else {
+            return;
+        };
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(_) => {
+                // Out of file descriptors or similar: back off instead of spinning.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let open = Arc::new(Open::new(shared.tally.clone(), slot));
+        tokio::spawn(connection(
+            stream,
+            peer.ip(),
+            app,
+            Arc::clone(&shared),
+            open,
+        ));
+    }
+}
+
+/// One client connection, counted in the tally from its accept until its last byte, an
+/// upgraded stream's included.
+struct Open {
+    tally: watch::Sender<Tally>,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Open {
+    fn new(tally: watch::Sender<Tally>, slot: OwnedSemaphorePermit) -> Self {
+        tally.send_modify(|tally| {
+            tally.open += 1;
+            tally.accepted += 1;
+        });
+        Open { tally, _slot: slot }
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.tally.send_modify(|tally| {
+            tally.open = tally.open.saturating_sub(1);
+            if let Some(started) = tally.drain_started {
+                tally.moved_off += 1;
+                if tally.open == 0 {
+                    tally.drained_after = Some(started.elapsed());
+                }
+            }
+        });
+    }
+}
+
+/// Serves one client until it leaves, or until the drain has closed its connection.
+async fn connection(
+    stream: TcpStream,
+    client: IpAddr,
+    app: SocketAddr,
+    shared: Arc<Shared>,
+    open: Arc<Open>,
+) {
+    let mut draining = shared.draining.clone();
+    let sniffed = tokio::select! {
+        biased;
+        sniffed = tokio::time::timeout(HEADER_TIMEOUT, speaks_h2(&stream)) => sniffed,
+        () = idle_in_drain(&mut draining) => return,
+    };
+    let Ok(Some(h2)) = sniffed else { return };
+    let upstream = Arc::new(Upstream {
+        app,
+        kept: Mutex::default(),
+    });
+    let hop = Hop {
+        client,
+        forwarded: shared.forwarded,
+        // HTTP/2 has GOAWAY for that, and no `Connection` header.
+        close_in_drain: (!h2).then(|| shared.draining.clone()),
+        open,
+    };
+    let hop = Arc::new(hop);
+    let service = hyper::service::service_fn(move |request| {
+        let upstream = Arc::clone(&upstream);
+        let hop = Arc::clone(&hop);
+        async move { Ok::<_, Infallible>(forward(request, &upstream, &hop).await) }
+    });
+    let io = TokioIo::new(stream);
+    if h2 {
+        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(MAX_STREAMS)
+            .max_header_list_size(MAX_HEAD_BYTES as u32)
+            .serve_connection(io, service);
+        tokio::pin!(conn);
+        tokio::select! {
+            biased;
+            _ = conn.as_mut() => return,
+            _ = draining.wait_for(|draining| *draining) => {}
+        }
+        // GOAWAY: the streams already open, and any the client sent before it saw the GOAWAY,
+        // finish; then the connection closes.
+        conn.as_mut().graceful_shutdown();
+        let _ = conn.await;
+    } else {
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_TIMEOUT)
+            .max_buf_size(MAX_HEAD_BYTES)
+            .serve_connection(io, service)
+            .with_upgrades();
+        tokio::pin!(conn);
+        // In the drain each response says `Connection: close` (see `forward`) and hyper closes
+        // the connection after it: a busy connection leaves between two requests, race-free.
+        tokio::select! {
+            biased;
+            _ = conn.as_mut() => return,
+            () = idle_in_drain(&mut draining) => {}
+        }
+        // Idle through the grace: closed now, unless a request has just begun, which is
+        // answered first.
+        conn.as_mut().graceful_shutdown();
+        let _ = conn.await;
+    }
+}
+
+/// Completes `IDLE_GRACE` after the drain began (at once if that has passed).
+async fn idle_in_drain(draining: &mut watch::Receiver<bool>) {
+    if draining.wait_for(|draining| *draining).await.is_err() {
+        return;
+    }
+    tokio::time::sleep(IDLE_GRACE).await;
+}
+
+/// The HTTP/2 connection preface (RFC 9113 section 3.4), which h2c clients open with.
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether the client speaks HTTP/2 (the preface) or HTTP/1.1 (anything else), from the first
+/// bytes it sent, left in the socket for hyper to read; None when it closes first.
+async fn speaks_h2(stream: &TcpStream) -> Option<bool> {
+    let mut first = [0u8; H2_PREFACE.len()];
+    loop {
+        let n = stream.peek(&mut first).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        if first[..n] != H2_PREFACE[..n] {
+            return Some(false);
+        }
+        if n == H2_PREFACE.len() {
+            return Some(true);
+        }
+        // Part of the preface: the rest is in flight.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// What `forward` needs to know about the client's connection.
+struct Hop {
+    client: IpAddr,
+    forwarded: Forwarded,
+    /// For HTTP/1.1: the drain switch, which makes every response close the connection.
+    close_in_drain: Option<watch::Receiver<bool>>,
+    /// Held by an upgraded stream for as long as it lasts.
+    open: Arc<Open>,
+}
+
+/// Forwards one request to the app and returns its answer, or a 502 when the app gives none.
+async fn forward(mut request: Request<Incoming>, upstream: &Upstream, hop: &Hop) -> Response<Body> {
+    let upgrade = wants_upgrade(&request).then(|| hyper::upgrade::on(&mut request));
+    to_app(&mut request, hop.client, hop.forwarded, upgrade.is_some());
+    let mut response = match upstream.send(request).await {
+        Ok(response) => response,
+        Err(err) => {
+            tracing::warn!(app = %upstream.app, %err, "the app gave no answer; the client got 502 Bad Gateway");
+            return bad_gateway();
+        }
+    };
+    match upgrade {
+        Some(client_side) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
+            let app_side = hyper::upgrade::on(&mut response);
+            tokio::spawn(tunnel(client_side, app_side, Arc::clone(&hop.open)));
+            return response.map(Either::Left);
+        }
+        _ => strip_hop_by_hop(response.headers_mut()),
+    }
+    // Decided when the answer is ready, so a request that began before the drain still moves
+    // its client off.
+    if hop
+        .close_in_drain
+        .as_ref()
+        .is_some_and(|draining| *draining.borrow())
+    {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response.map(Either::Left)
+}
+
+/// Turns the client's request into the app's: HTTP/1.1 in origin form with a `Host` (HTTP/2
+/// carries it in the URI), without hop-by-hop headers (an upgrade's own kept), plus the
+/// client's address when asked for.
+fn to_app(request: &mut Request<Incoming>, client: IpAddr, forwarded: Forwarded, upgrade: bool) {
+    if let Some(authority) = request.uri().authority().map(|a| a.as_str().to_owned()) {
+        if !request.headers().contains_key(header::HOST)
+            && let Ok(host) = HeaderValue::from_str(&authority)
+        {
+            request.headers_mut().insert(header::HOST, host);
+        }
+        let target = request.uri().path_and_query().map_or("/", |p| p.as_str());
+        if let Ok(uri) = target.parse::<Uri>() {
+            *request.uri_mut() = uri;
+        }
+    }
+    *request.version_mut() = Version::HTTP_11;
+    let protocol = request.headers().get(header::UPGRADE).cloned();
+    let headers = request.headers_mut();
+    strip_hop_by_hop(headers);
+    if let (true, Some(protocol)) = (upgrade, protocol) {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, protocol);
+    }
+    let (name, value) = match forwarded {
+        Forwarded::None => return,
+        Forwarded::XForwardedFor => (
+            HeaderName::from_static("x-forwarded-for"),
+            client.to_string(),
+        ),
+        Forwarded::Forwarded => (
+            header::FORWARDED,
+            match client {
+                IpAddr::V4(ip) => format!("for={ip}"),
+                IpAddr::V6(ip) => format!("for=\"[{ip}]\""),
+            },
+        ),
+    };
+    append(headers, name, &value);
+}
+
+/// Adds `value` to the list in header `name` (one line, comma-separated).
+fn append(headers: &mut HeaderMap, name: HeaderName, value: &str) {
+    let joined = match headers.get(&name).and_then(|v| v.to_str().ok()) {
+        Some(earlier) => format!("{earlier}, {value}"),
+        None => value.to_owned(),
+    };
+    if let Ok(joined) = HeaderValue::from_str(&joined) {
+        headers.insert(name, joined);
+    }
+}
+
+/// Whether an HTTP/1.1 request asks to switch protocols (`Connection: upgrade` + `Upgrade`).
+fn wants_upgrade(request: &Request<Incoming>) -> bool {
+    request.version() == Version::HTTP_11
+        && request.headers().contains_key(header::UPGRADE)
+        && connection_tokens(request.headers()).any(|token| token.eq_ignore_ascii_case("upgrade"))
+}
+
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = String> + '_ {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|token| token.trim().to_owned())
+        .filter(|token| !token.is_empty())
+}
+
+/// Removes the headers that describe one connection, not the message: each side's framing and
+/// keep-alive are hyper's to set.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<String> = connection_tokens(headers).collect();
+    for name in named {
+        headers.remove(name.as_str());
+    }
+    for name in [
+        header::CONNECTION,
+        HeaderName::from_static("keep-alive"),
+        HeaderName::from_static("proxy-connection"),
+        header::TE,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+}
+
+/// Copies an upgraded connection's bytes both ways until both sides have closed.
+async fn tunnel(client_side: OnUpgrade, app_side: OnUpgrade, open: Arc<Open>) {
+    let _open = open;
+    let (Ok(client), Ok(app)) = tokio::join!(client_side, app_side) else {
+        return;
+    };
+    let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(client), &mut TokioIo::new(app)).await;
+}
+
+fn bad_gateway() -> Response<Body> {
+    let body = Full::new(Bytes::from_static(
+        b"502 Bad Gateway: the app gave no answer\n",
+    ));
+    let mut response = Response::new(Either::Right(body));
+    *response.status_mut() = StatusCode::BAD_GATEWAY;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// The connections to the app that serve one client connection: one for HTTP/1.1, one per
+/// concurrent stream for HTTP/2. They close with the client's connection.
+struct Upstream {
+    app: SocketAddr,
+    kept: Mutex<Vec<SendRequest<Incoming>>>,
+}
+
+impl Upstream {
+    /// Sends `request` on a kept connection that is free, or on a new one.
+    async fn send(&self, mut request: Request<Incoming>) -> Result<Response<Incoming>, String> {
+        while let Some(mut sender) = self.take_free() {
+            match sender.try_send_request(request).await {
+                Ok(response) => {
+                    self.keep(sender);
+                    return Ok(response);
+                }
+                // The app closed the kept connection before the request went out: it comes
+                // back unsent, and goes on a new connection.
+                Err(mut err) => match err.take_message() {
+                    Some(unsent) => request = unsent,
+                    None => return Err(err.into_error().to_string()),
+                },
+            }
+        }
+        let mut sender = self.connect().await?;
+        let response = sender.send_request(request).await;
+        self.keep(sender);
+        response.map_err(|err| err.to_string())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<SendRequest<Incoming>>> {
+        self.kept.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn take_free(&self) -> Option<SendRequest<Incoming>> {
+        let mut kept = self.lock();
+        kept.retain(|sender| !sender.is_closed());
+        let free = kept.iter().position(SendRequest::is_ready)?;
+        Some(kept.swap_remove(free))
+    }
+
+    fn keep(&self, sender: SendRequest<Incoming>) {
+        let mut kept = self.lock();
+        if kept.len() < MAX_STREAMS as usize {
+            kept.push(sender);
+        }
+    }
+
+    async fn connect(&self) -> Result<SendRequest<Incoming>, String> {
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(self.app))
+            .await
+            .map_err(|_| format!("no connection within {}s", CONNECT_TIMEOUT.as_secs()))?
+            .map_err(|err| format!("cannot connect: {err}"))?;
+        let _ = stream.set_nodelay(true);
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|err| err.to_string())?;
+        tokio::spawn(async move {
+            let _ = connection.with_upgrades().await;
+        });
+        Ok(sender)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_are_removed() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("connection", "keep-alive, x-hop"),
+            ("keep-alive", "timeout=5"),
+            ("x-hop", "1"),
+            ("transfer-encoding", "chunked"),
+            ("te", "trailers"),
+            ("upgrade", "websocket"),
+            ("content-length", "12"),
+            ("x-end-to-end", "kept"),
+        ] {
+            headers.append(name, HeaderValue::from_static(value));
+        }
+        strip_hop_by_hop(&mut headers);
+        let mut left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        left.sort();
+        assert_eq!(left, ["content-length", "x-end-to-end"]);
+    }
+
+    #[test]
+    fn a_forwarded_address_is_appended_to_the_clients_list() {
+        let mut headers = HeaderMap::new();
+        let name = HeaderName::from_static("x-forwarded-for");
+        append(&mut headers, name.clone(), "10.0.0.1");
+        append(&mut headers, name.clone(), "10.0.0.2");
+        assert_eq!(headers[&name], "10.0.0.1, 10.0.0.2");
+    }
+}
