@@ -195,10 +195,17 @@ backend {BACKEND}
         }
         for server in servers {
             let check = match check_path {
-                Some(_) => format!(" check addr {} port {}", server.check.ip(), server.check.port()),
+                Some(_) => format!(
+                    " check addr {} port {}",
+                    server.check.ip(),
+                    server.check.port()
+                ),
                 None => String::new(),
             };
-            config.push_str(&format!("    server {} {}{check}\n", server.name, server.addr));
+            config.push_str(&format!(
+                "    server {} {}{check}\n",
+                server.name, server.addr
+            ));
         }
         Haproxy::run(dir, listen, config)
     }
