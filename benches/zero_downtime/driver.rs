@@ -302,7 +302,7 @@ fn run_once(init: Pid1, subject: &Subject, round: usize, front: Front, lameduck:
     });
     let label = format!("bench-{round}");
     let haproxy = if front.l4 {
-        Haproxy::start_tcp(&label, listen, &servers)
+        Haproxy::start_tcp(&label, listen, None, &servers)
     } else {
         let haproxy = Haproxy::start(&label, listen, path, &servers);
         assert!(
