@@ -45,4 +45,4 @@ if ((${#python_needs[@]})); then
         python3 -m pip install -q "${python_needs[@]}"
 fi
 
-cargo test --workspace --locked
+cargo test --workspace --locked --no-fail-fast "$@"
