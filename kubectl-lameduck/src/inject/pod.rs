@@ -981,7 +981,188 @@ fn known_server(container: &Value, command: Option<&[String]>) -> Option<&'stati
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    /// Values a pod spec's fields take: right, wrong and absurd.
+    fn scalar() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            proptest::sample::select(
+                &[
+                    "nginx:1.27",
+                    "httpd:2.4",
+                    "app:1",
+                    "lameduck",
+                    "/lameduck",
+                    "http",
+                    "web",
+                    "8099",
+                    "80",
+                    "/",
+                    "/healthz",
+                    "HTTPS",
+                    "sleep",
+                    "5",
+                    "sh",
+                    "-c",
+                    "sleep 5",
+                    "Always",
+                    "",
+                    "lameduck.io/injected",
+                    "[\"/x\"]",
+                    "{}",
+                    "QUIT",
+                    "5s",
+                    "disabled",
+                    "sidecar",
+                    "wrapper",
+                    "install",
+                    "bogus",
+                ][..]
+            )
+            .prop_map(|w| json!(w)),
+            any::<i64>().prop_map(|n| json!(n)),
+            (0i64..70000).prop_map(|n| json!(n)),
+            Just(Value::Null),
+            Just(json!(true)),
+        ]
+    }
+
+    /// A tree keyed by the fields inject reads, nested.
+    fn tree() -> impl Strategy<Value = Value> {
+        scalar().prop_recursive(4, 48, 5, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::vec(
+                    (
+                        proptest::sample::select(
+                            &[
+                                "name",
+                                "port",
+                                "path",
+                                "scheme",
+                                "httpGet",
+                                "tcpSocket",
+                                "grpc",
+                                "exec",
+                                "command",
+                                "sleep",
+                                "seconds",
+                                "containerPort",
+                                "protocol",
+                                "preStop",
+                                "mountPath",
+                                "host",
+                                "httpHeaders",
+                            ][..]
+                        ),
+                        inner,
+                    ),
+                    0..5,
+                )
+                .prop_map(|entries| Value::Object(
+                    entries
+                        .into_iter()
+                        .map(|(k, v)| (k.to_owned(), v))
+                        .collect()
+                )),
+            ]
+        })
+    }
+
+    fn maybe(keys: &'static [&'static str]) -> impl Strategy<Value = Value> {
+        proptest::collection::vec(
+            proptest::option::of(prop_oneof![2 => scalar(), 1 => tree()]),
+            keys.len(),
+        )
+        .prop_map(move |values| {
+            Value::Object(
+                keys.iter()
+                    .zip(values)
+                    .filter_map(|(k, v)| Some(((*k).to_owned(), v?)))
+                    .collect(),
+            )
+        })
+    }
+
+    fn container() -> impl Strategy<Value = Value> {
+        (
+            maybe(&[
+                "name",
+                "image",
+                "command",
+                "args",
+                "ports",
+                "readinessProbe",
+                "livenessProbe",
+                "lifecycle",
+                "volumeMounts",
+            ]),
+            proptest::option::of(proptest::collection::vec(scalar(), 0..4)),
+            proptest::option::of(tree()),
+        )
+            .prop_map(|(mut c, command, probe)| {
+                if let Some(command) = command {
+                    c["command"] = Value::Array(command);
+                }
+                if let Some(probe) = probe {
+                    c["readinessProbe"] = probe;
+                }
+                c
+            })
+    }
+
+    fn pod() -> impl Strategy<Value = Value> {
+        (
+            proptest::collection::vec(container(), 0..3),
+            proptest::option::of(proptest::collection::vec(container(), 0..2)),
+            maybe(&[
+                "terminationGracePeriodSeconds",
+                "shareProcessNamespace",
+                "volumes",
+                "initContainers",
+            ]),
+            maybe(&[
+                "lameduck.io/shape",
+                "lameduck.io/command",
+                "lameduck.io/container",
+                "lameduck.io/port",
+                "lameduck.io/injected",
+                "kubectl.kubernetes.io/default-container",
+            ]),
+        )
+            .prop_map(|(containers, init, mut spec, annotations)| {
+                spec["containers"] = Value::Array(containers);
+                if let Some(init) = init {
+                    spec["initContainers"] = Value::Array(init);
+                }
+                json!({ "metadata": { "annotations": annotations }, "spec": spec })
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        /// Any pod spec: inject never panics, refuses without touching it, and what it
+        /// injects comes back whole with remove.
+        #[test]
+        fn arbitrary_pod_specs_never_panic_and_remove_undoes_inject(original in pod(), tree in tree()) {
+            for mut input in [original, tree] {
+                let before = input.clone();
+                match inject_pod(&mut input, &Options::default(), &Context::default()) {
+                    Err(_) => prop_assert_eq!(&input, &before),
+                    Ok(_) if record(&before).is_none() && input != before => {
+                        prop_assert!(remove_pod(&mut input).is_ok());
+                        prop_assert_eq!(&input, &before);
+                    }
+                    Ok(_) => {}
+                }
+                let _ = is_injected(&input);
+                let _ = remove_pod(&mut input);
+            }
+        }
+    }
 
     fn template(container: Value) -> Value {
         json!({
