@@ -1,9 +1,10 @@
 //! Real images in real containers, run the way the kubelet runs a pod: the three shapes of
 //! examples/ (the wrapper image, stock nginx with the lameduck native sidecar, and the
 //! init-container install), each deleted under load behind real HAProxy beside a backend that
-//! stays up, with not one request failing; `docker stop` on the wrapper image, which must end
-//! cleanly inside its default 10s; and the scratch image itself. Needs Docker: without it these
-//! tests fail, they do not skip.
+//! stays up, with not one request failing; the seed's plain nginx Deployment after
+//! `kubectl lameduck inject`, in each shape, deleted the same way; `docker stop` on the
+//! wrapper image, which must end cleanly inside its default 10s; and the scratch image itself.
+//! Needs Docker: without it these tests fail, they do not skip.
 
 mod common;
 
@@ -426,4 +427,186 @@ fn quit_sender(log: &str) -> Option<u32> {
             .parse()
             .ok()
     })
+}
+
+/// The seed's plain two-replica nginx Deployment (tests/manifests/inject/nginx-plain.yaml) as
+/// JSON, read with PyYAML, changed by `edit` before inject sees it.
+fn plain_nginx_deployment(edit: impl FnOnce(&mut serde_json::Value)) -> serde_json::Value {
+    let file = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/manifests/inject/nginx-plain.yaml"
+    );
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import json, sys, yaml; print(json.dumps(next(yaml.safe_load_all(open(sys.argv[1])))))",
+            file,
+        ])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "PyYAML: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut deployment: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(deployment["kind"], "Deployment");
+    assert_eq!(deployment["spec"]["replicas"], 2);
+    edit(&mut deployment);
+    deployment
+}
+
+/// Runs the built `kubectl lameduck inject` on a JSON manifest (JSON in, JSON out), with the
+/// drain numbers every pod of these tests uses.
+fn inject(test: &str, manifest: &serde_json::Value, flags: &[&str]) -> serde_json::Value {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("containers-inject");
+    std::fs::create_dir_all(&dir).expect("a directory");
+    let file = dir.join(format!("{test}.json"));
+    std::fs::write(&file, manifest.to_string()).expect("the manifest");
+    let plugin =
+        std::path::Path::new(env!("CARGO_BIN_EXE_lameduck")).with_file_name("kubectl-lameduck");
+    let out = std::process::Command::new(plugin)
+        .args(["inject", "--shutdown-delay=2s", "--drain-timeout=5s"])
+        .args(flags)
+        .arg(&file)
+        .output()
+        .expect("kubectl-lameduck (run the tests with `cargo test --workspace`)");
+    assert!(
+        out.status.success(),
+        "inject: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("inject prints JSON for JSON")
+}
+
+/// The pod an injected Deployment runs, built as the kubelet builds it from the template:
+/// images by name (the manifests' `lameduck`, `nginx` and `lameduck-nginx` are the test's),
+/// emptyDir mounts, exec-free httpGet hooks, init containers and native sidecars in order.
+fn pod_of(name: &str, ip: Ipv4Addr, deployment: &serde_json::Value) -> (Pod, Duration) {
+    use serde_json::Value;
+    let images = images();
+    let spec = &deployment["spec"]["template"]["spec"];
+    let strings = |value: &Value| -> Option<Vec<String>> {
+        value.as_array().map(|items| {
+            items
+                .iter()
+                .map(|s| s.as_str().expect("a string").to_owned())
+                .collect()
+        })
+    };
+    let container = |c: &Value| {
+        let image = c["image"].as_str().expect("an image");
+        let image = match image.split(':').next() {
+            Some("lameduck") => &images.lameduck,
+            Some("nginx") => &images.nginx,
+            Some("lameduck-nginx") => &images.wrapper,
+            _ => panic!("no test image stands for {image}"),
+        };
+        let mut built = ContainerSpec::new(c["name"].as_str().expect("a name"), image);
+        if let Some(command) = strings(&c["command"]) {
+            built = built.command(&command.iter().map(String::as_str).collect::<Vec<_>>());
+        }
+        if let Some(args) = strings(&c["args"]) {
+            built = built.args(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        }
+        for mount in c["volumeMounts"].as_array().into_iter().flatten() {
+            let volume = mount["name"].as_str().expect("a volume");
+            let is_empty_dir = spec["volumes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|v| v["name"] == volume && v.get("emptyDir").is_some());
+            assert!(is_empty_dir, "only emptyDir volumes are modelled: {volume}");
+            built = built.empty_dir(
+                volume,
+                mount["mountPath"].as_str().expect("a path"),
+                mount["readOnly"] == true,
+            );
+        }
+        if let Some(get) = c["lifecycle"]["preStop"].get("httpGet") {
+            let port = get["port"].as_u64().expect("the hook's port by number");
+            built = built.pre_stop_http_get(port as u16, get["path"].as_str().expect("a path"));
+        }
+        built
+    };
+    let mut pod = PodSpec::new(name, ip).port(HTTP).port(LAMEDUCK);
+    if spec["shareProcessNamespace"] == true {
+        pod = pod.share_process_namespace();
+    }
+    for init in spec["initContainers"].as_array().into_iter().flatten() {
+        pod = if init["restartPolicy"] == "Always" {
+            pod.sidecar(container(init))
+        } else {
+            pod.init_container(container(init))
+        };
+    }
+    for main in spec["containers"].as_array().expect("containers") {
+        pod = pod.container(container(main));
+    }
+    let grace = spec["terminationGracePeriodSeconds"].as_u64().unwrap_or(30);
+    (pod.start(), Duration::from_secs(grace))
+}
+
+#[test]
+fn plain_nginx_deployment_injected_in_the_install_shape_is_deleted_under_load_without_failing_a_request()
+ {
+    let ip = Ipv4Addr::new(127, 0, 63, 11);
+    let injected = inject(
+        "install",
+        &plain_nginx_deployment(|_| {}),
+        &["--shape=install"],
+    );
+    let (pod, _grace) = pod_of("inject-install", ip, &injected);
+    let termination = delete_under_load("inject-install", ip, &pod);
+    assert_drained_inside_the_hook(&termination, "nginx");
+}
+
+#[test]
+fn plain_nginx_deployment_injected_in_the_wrapper_shape_is_deleted_under_load_without_failing_a_request()
+ {
+    let ip = Ipv4Addr::new(127, 0, 63, 12);
+    // The same Deployment on the image that contains lameduck.
+    let manifest = plain_nginx_deployment(|d| {
+        d["spec"]["template"]["spec"]["containers"][0]["image"] = "lameduck-nginx:0.1.0".into();
+    });
+    let injected = inject("wrapper", &manifest, &["--wrapper-image=lameduck-nginx"]);
+    let command = &injected["spec"]["template"]["spec"]["containers"][0]["command"];
+    assert_eq!(
+        command[0], "/lameduck",
+        "auto chose the wrapper shape: {command}"
+    );
+    let (pod, _grace) = pod_of("inject-wrapper", ip, &injected);
+    let termination = delete_under_load("inject-wrapper", ip, &pod);
+    assert_drained_inside_the_hook(&termination, "nginx");
+}
+
+#[test]
+fn plain_nginx_deployment_injected_in_the_sidecar_shape_is_deleted_under_load_without_failing_a_request()
+ {
+    let ip = Ipv4Addr::new(127, 0, 63, 13);
+    // The same Deployment relying on the image's own entrypoint: auto chooses the sidecar.
+    let manifest = plain_nginx_deployment(|d| {
+        d["spec"]["template"]["spec"]["containers"][0]
+            .as_object_mut()
+            .expect("a container")
+            .remove("command");
+    });
+    let injected = inject("sidecar", &manifest, &[]);
+    assert_eq!(
+        injected["spec"]["template"]["spec"]["shareProcessNamespace"],
+        true
+    );
+    let (pod, _grace) = pod_of("inject-sidecar", ip, &injected);
+    let termination = delete_under_load("inject-sidecar", ip, &pod);
+    let context = termination.summary();
+    let nginx = termination.container("nginx");
+    let hook = nginx.hook.as_ref().expect("nginx has a preStop hook");
+    assert_eq!(hook.outcome, Ok(200), "{context}");
+    assert!(hook.took >= DELAY, "the hook held for the delay: {context}");
+    assert_clean_exit(nginx, &context);
+    let sender = quit_sender(&nginx.log);
+    assert!(
+        sender.is_some_and(|pid| pid > 1),
+        "the sidecar sent nginx its QUIT, not {sender:?}: {context}"
+    );
 }
