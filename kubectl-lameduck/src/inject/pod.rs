@@ -174,6 +174,13 @@ pub fn inject_pod(
     context: &Context<'_>,
 ) -> Result<Vec<Note>, Refusal> {
     let mut pod = template.clone();
+    let written = pod.pointer(&format!("/metadata/annotations/{}", escape(INJECTED)));
+    if written.is_some_and(|value| !value.is_string()) {
+        return refuse(
+            None,
+            format!("annotation {INJECTED} is not a record inject wrote"),
+        );
+    }
     if record(&pod).is_some() {
         remove_pod(&mut pod)?;
     } else if runs_lameduck(&pod) {
