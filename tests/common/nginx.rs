@@ -52,6 +52,13 @@ impl NginxConfig {
         std::fs::create_dir_all(dir.join("html")).expect("nginx dir");
         std::fs::write(dir.join("html/slow"), vec![b'x'; SLOW_BYTES]).expect("slow file");
         std::fs::write(dir.join("html/fast"), b"ok\n").expect("fast file");
+        std::fs::create_dir_all(dir.join("html/put")).expect("put dir");
+        // nginx's worker runs as nobody when the tests run as root.
+        std::fs::set_permissions(
+            dir.join("html/put"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o777),
+        )
+        .expect("put dir mode");
         let d = dir.display();
         let files = connections + 64;
         let l4 = l4_name.map_or(String::new(), |name| {
@@ -76,6 +83,8 @@ http {{
         root {d}/html;
         {l4}
         location = /slow {{ limit_rate {SLOW_RATE}; }}
+        # PUT stores a body of any size, which GET then serves back (uploads through a proxy).
+        location /put/ {{ dav_methods PUT; client_max_body_size 0; }}
     }}
 }}
 "

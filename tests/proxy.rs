@@ -1,0 +1,284 @@
+//! The drain proxy's own behaviour, with the built lameduck as PID 1 in front of a real app:
+//! HTTP/2 clients get GOAWAY in the drain and lose no request; a WebSocket passes through and
+//! stays open until the app, told by `--drain-signal`, closes it cleanly; a large upload and a
+//! large download pass byte for byte; an app that is down gives a 502 and one log line.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use common::haproxy::free_addrs;
+use common::nginx::{NginxConfig, SLOW_BYTES};
+use common::{Lameduck, Mode, fixture, wait_until};
+use nix::sys::signal::Signal;
+
+/// The upper bound on the delay; the proxy ends it as soon as its clients have left.
+const DELAY_FLAG: &str = "5s";
+const DELAY: Duration = Duration::from_secs(5);
+const DRAINED_LINE: &str = "the proxy moved every client off";
+
+/// nginx under lameduck with `--proxy`; returns the run, the proxy's address and nginx's config.
+fn nginx_behind_proxy(test: &str, ip: Ipv4Addr) -> (Lameduck, SocketAddr, NginxConfig) {
+    let [nginx, proxy, endpoints] = free_addrs(ip, 3).try_into().expect("3 addresses");
+    let config = NginxConfig::new(&format!("proxy-{test}"), nginx);
+    let route = format!("{proxy}={nginx}");
+    let args = config.under_lameduck(
+        endpoints,
+        &["--shutdown-delay", DELAY_FLAG, "--proxy", &route],
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let run = Lameduck::start(Mode::Pid1, &args);
+    run.ready_addr();
+    (run, proxy, config)
+}
+
+/// `moved_off=N` from the line that says the proxy drained.
+fn moved_off(run: &Lameduck) -> u64 {
+    let log = run.stderr.all();
+    let line = log
+        .iter()
+        .find(|l| l.contains(DRAINED_LINE))
+        .unwrap_or_else(|| panic!("no line says the proxy drained: {log:#?}"));
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix("moved_off=")?.parse().ok())
+        .unwrap_or_else(|| panic!("no moved_off in {line}"))
+}
+
+#[test]
+fn http2_clients_get_goaway_in_the_drain_and_every_request_on_it_completes() {
+    use http_body_util::{BodyExt, Empty};
+    use hyper::body::Bytes;
+
+    let (mut run, proxy, _config) = nginx_behind_proxy("h2", Ipv4Addr::new(127, 0, 63, 1));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (responses, connection_ended, sigterm) = runtime.block_on(async {
+        let stream = tokio::net::TcpStream::connect(proxy)
+            .await
+            .expect("connect");
+        let (sender, connection) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(stream),
+        )
+        .await
+        .expect("h2c handshake");
+        let connection = tokio::spawn(async move {
+            let ended = connection.await;
+            (ended.map_err(|e| e.to_string()), Instant::now())
+        });
+        // Four /slow streams (~400 ms each) in flight on the one connection at SIGTERM.
+        let requests: Vec<_> = (0..4)
+            .map(|_| {
+                let mut sender = sender.clone();
+                tokio::spawn(async move {
+                    let request = hyper::Request::get(format!("http://{proxy}/slow"))
+                        .body(Empty::<Bytes>::new())
+                        .expect("request");
+                    let response = sender
+                        .send_request(request)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let status = response.status().as_u16();
+                    let body = response
+                        .into_body()
+                        .collect()
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    Ok::<_, String>((status, body.to_bytes().len()))
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let sigterm = Instant::now();
+        run.signal(Signal::SIGTERM);
+        let mut responses = Vec::new();
+        for request in requests {
+            responses.push(request.await.expect("request task"));
+        }
+        let ended = tokio::time::timeout(Duration::from_secs(3), connection)
+            .await
+            .expect("the server never closed the HTTP/2 connection")
+            .expect("connection task");
+        (responses, ended, sigterm)
+    });
+    let log = run.stderr.all();
+    for response in &responses {
+        assert_eq!(response, &Ok((200, SLOW_BYTES)), "{responses:?}\n{log:#?}");
+    }
+    let (ended, at) = connection_ended;
+    assert_eq!(
+        ended,
+        Ok(()),
+        "the connection did not end gracefully: {log:#?}"
+    );
+    assert!(
+        at - sigterm < Duration::from_secs(1),
+        "the connection ended {:?} after SIGTERM",
+        at - sigterm
+    );
+    let code = run.wait_exit(DELAY);
+    assert_eq!(code, 0, "{log:#?}");
+    assert_eq!(moved_off(&run), 1, "{:#?}", run.stderr.all());
+}
+
+#[test]
+fn a_websocket_stays_open_through_the_proxy_until_the_app_closes_it_on_the_drain_signal() {
+    use tungstenite::Message;
+    use tungstenite::protocol::frame::coding::CloseCode;
+
+    let [app, proxy] = free_addrs(Ipv4Addr::new(127, 0, 63, 2), 2)
+        .try_into()
+        .expect("2 addresses");
+    let route = format!("{proxy}={app}");
+    let fixture = fixture();
+    let app_flag = app.to_string();
+    let mut run = Lameduck::start(
+        Mode::Pid1,
+        &[
+            "--shutdown-delay",
+            DELAY_FLAG,
+            "--proxy",
+            &route,
+            "--drain-signal",
+            "USR1",
+            "--",
+            &fixture,
+            "websocket",
+            &app_flag,
+        ],
+    );
+    run.expect_exact("websocket ready");
+    let stream = TcpStream::connect(proxy).expect("connect to the proxy");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let (mut socket, response) =
+        tungstenite::client(format!("ws://{proxy}/"), stream).expect("WebSocket handshake");
+    assert_eq!(response.status(), 101);
+    let mut echo = |text: &str| {
+        socket.send(Message::text(text)).expect("send");
+        socket.read().expect("read")
+    };
+    assert_eq!(echo("first"), Message::text("first"));
+    // Longer than the proxy's idle grace: an upgraded stream is not an idle HTTP connection.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(echo("second"), Message::text("second"));
+
+    let sigterm = Instant::now();
+    run.signal(Signal::SIGTERM);
+    let closed = match socket.read() {
+        Ok(Message::Close(frame)) => frame,
+        Ok(other) => panic!("unexpected message {other:?}"),
+        Err(err) => panic!("the WebSocket broke instead of closing: {err}"),
+    };
+    let frame = closed.expect("a close frame with a code");
+    assert_eq!(frame.code, CloseCode::Away);
+    assert_eq!(frame.reason.as_str(), "draining");
+    // The close handshake completes and the stream ends cleanly.
+    let end = socket.read();
+    assert!(
+        matches!(end, Err(tungstenite::Error::ConnectionClosed)),
+        "{end:?}"
+    );
+    assert!(sigterm.elapsed() < Duration::from_secs(1));
+    // As a client does once the close handshake is over.
+    drop(socket);
+    let code = run.wait_exit(DELAY);
+    assert_eq!(code, 0, "{:#?}", run.stderr.all());
+    assert_eq!(
+        run.stdout.all(),
+        ["websocket ready", "USR1", "TERM"],
+        "the drain signal must come first, then the stop signal"
+    );
+    assert_eq!(moved_off(&run), 1, "{:#?}", run.stderr.all());
+}
+
+/// 16 MiB that no compression or pattern could fake.
+fn payload() -> Vec<u8> {
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..16 << 20)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect()
+}
+
+/// One HTTP/1.1 exchange on a fresh connection: status and body, bytes as they came.
+fn exchange(addr: SocketAddr, head: &str, body: &[u8]) -> (u16, Vec<u8>) {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    stream.write_all(head.as_bytes()).expect("head");
+    stream.write_all(body).expect("body");
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).expect("answer");
+    let end = answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a response head")
+        + 4;
+    let head = String::from_utf8_lossy(&answer[..end]).into_owned();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .expect("status");
+    (status, answer[end..].to_vec())
+}
+
+#[test]
+fn a_large_upload_and_download_pass_through_the_proxy_byte_for_byte() {
+    let (_run, proxy, config) = nginx_behind_proxy("bytes", Ipv4Addr::new(127, 0, 63, 3));
+    let payload = payload();
+    let put = format!(
+        "PUT /put/big HTTP/1.1\r\nHost: {proxy}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        payload.len()
+    );
+    let (status, _) = exchange(proxy, &put, &payload);
+    assert_eq!(status, 201, "upload");
+    let stored = std::fs::read(config.dir.join("html/put/big")).expect("stored upload");
+    assert!(stored == payload, "the upload reached nginx changed");
+    let get = format!("GET /put/big HTTP/1.1\r\nHost: {proxy}\r\nConnection: close\r\n\r\n");
+    let (status, body) = exchange(proxy, &get, &[]);
+    assert_eq!(status, 200, "download");
+    assert_eq!(body.len(), payload.len());
+    assert!(body == payload, "the download changed on its way");
+}
+
+#[test]
+fn an_app_that_is_down_gives_a_502_and_one_log_line() {
+    let [app, proxy] = free_addrs(Ipv4Addr::new(127, 0, 63, 4), 2)
+        .try_into()
+        .expect("2 addresses");
+    let route = format!("{proxy}={app}");
+    let run = Lameduck::start(Mode::Pid1, &["--proxy", &route, "--", "sleep", "30"]);
+    run.ready_addr();
+    let began = Instant::now();
+    let get = format!("GET / HTTP/1.1\r\nHost: {proxy}\r\nConnection: close\r\n\r\n");
+    let (status, body) = exchange(proxy, &get, &[]);
+    assert_eq!(status, 502, "{}", String::from_utf8_lossy(&body));
+    assert!(
+        began.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        began.elapsed()
+    );
+    assert!(wait_until(Duration::from_secs(2), || run
+        .stderr
+        .contains("502")));
+    let lines: Vec<String> = run
+        .stderr
+        .all()
+        .into_iter()
+        .filter(|l| l.contains("502"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert!(lines[0].contains(&format!("app={app}")), "{}", lines[0]);
+}
