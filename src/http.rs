@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -48,6 +49,15 @@ pub struct Endpoints {
     pub metrics: Arc<Metrics>,
 }
 
+/// Connections the endpoints have accepted since lameduck started: the network namespace counts
+/// them among its accepted connections, and the adaptive delay must not take them for the app's.
+static ACCEPTED: AtomicU64 = AtomicU64::new(0);
+
+/// How many connections the endpoints have accepted so far.
+pub fn accepted() -> u64 {
+    ACCEPTED.load(Ordering::Relaxed)
+}
+
 /// Accepts connections until the runtime shuts down.
 pub async fn serve(listener: TcpListener, endpoints: Endpoints) {
     let endpoints = Arc::new(endpoints);
@@ -59,6 +69,7 @@ pub async fn serve(listener: TcpListener, endpoints: Endpoints) {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
+        ACCEPTED.fetch_add(1, Ordering::Relaxed);
         let id = next_id;
         next_id += 1;
         open.make_room();

@@ -28,9 +28,6 @@ use crate::traffic::{self, TrafficWatch};
 const LEFTOVER_GRACE: Duration = Duration::from_secs(2);
 /// A periodic reap in case a SIGCHLD was coalesced or missed.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
-/// How often the adaptive delay asks its watch; the watch reads the socket tables only when
-/// the answer may end the wait.
-const TRAFFIC_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Everything the supervisor needs to run one app to its end.
 pub struct Supervisor {
@@ -77,7 +74,6 @@ impl Supervisor {
         let mut timers = Timers::default();
         let mut sweep_timer = tokio::time::interval(SWEEP_INTERVAL);
         sweep_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut traffic_timer = tokio::time::interval(TRAFFIC_INTERVAL);
         let mut quiet: Option<TrafficWatch> = None;
         // An event the last step made due at once (a zero shutdown delay), taken before waiting.
         let mut due: Option<Event> = None;
@@ -109,7 +105,8 @@ impl Supervisor {
                         Some(status) => Event::AppExited(status),
                         None => continue,
                     },
-                    _ = traffic_timer.tick(), if phase == Phase::Draining && quiet.is_some() => {
+                    // The watch says when it next needs a tick, or a look that may end the wait.
+                    () = at(quiet.as_ref().map(|w| Instant::from_std(w.next_poll()))), if phase == Phase::Draining => {
                         match self.watch_traffic(quiet.as_mut(), timers.drain_started) {
                             Some(event) => event,
                             None => continue,
@@ -238,7 +235,12 @@ impl Supervisor {
             quiet_period_ms = config.period.as_millis() as u64,
             "watching the traffic to the app"
         );
-        Some(TrafficWatch::new(ports, config.period, config.min_delay))
+        Some(TrafficWatch::new(
+            ports,
+            self.listen_port,
+            config.period,
+            config.min_delay,
+        ))
     }
 
     /// One look at the app's traffic: `TrafficQuiet` once no connection and no byte arrived
@@ -256,7 +258,7 @@ impl Supervisor {
             .inc_by(activity.new_connections as u64);
         self.status
             .send_modify(|snapshot| snapshot.open_connections = Some(activity.open));
-        let quiet_for = activity.quiet_for;
+        let quiet_for = activity.quiet_for?;
         if quiet_for < config.period || now - drain_started < config.min_delay {
             return None;
         }

@@ -8,7 +8,16 @@
 //! (or, with no data yet, was established), so one look gives the time of the last arrival
 //! without comparing anything to an earlier look, and a look is made only when its answer can
 //! end the wait, or at least every `MAX_GAP`. What it keeps per connection is one cookie.
+//!
+//! What the socket table cannot show between two looks, a connection opened and closed in
+//! between, or bytes on one that closes before the next look, the namespace's counters and the
+//! looks' own comparison catch: every tick reads how many connections the network namespace
+//! accepted (`PassiveOpens`), less lameduck's own, and a look notes a connection that could
+//! still receive at the previous look and is gone. Both count as traffic at the time they are
+//! noticed, erring toward a longer wait; so does a connection another container of the pod
+//! accepted, which the namespace's count cannot tell from the app's.
 
+use std::fs::File;
 use std::io;
 use std::mem::{offset_of, size_of};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -30,11 +39,13 @@ const PORT_TEST: usize = 20;
 const MAX_FILTERED_PORTS: usize = 1024;
 /// TCP states, as linux/tcp_states.h numbers them.
 const TCP_ESTABLISHED: u8 = 1;
+const TCP_FIN_WAIT1: u8 = 4;
+const TCP_FIN_WAIT2: u8 = 5;
 const TCP_LISTEN: u8 = 10;
 /// Every TCP state (1..=12) but LISTEN.
 const ALL_BUT_LISTEN: u32 = 0x1ffe & !(1 << TCP_LISTEN);
 /// The longest the watch goes without looking while no answer is due: the open-connection
-/// count stays this fresh, and a connection that lives this long cannot pass unseen.
+/// count stays this fresh, and so does the time of a connection's end that hides its bytes.
 const MAX_GAP: Duration = Duration::from_millis(1000);
 
 /// `struct inet_diag_sockid`.
@@ -84,6 +95,8 @@ struct Socket {
     local_port: u16,
     state: u8,
     inode: u32,
+    /// For a listener, the connections waiting to be accepted.
+    rqueue: u32,
     /// The kernel's unique id of the socket, kept across TIME_WAIT.
     cookie: u64,
     /// Milliseconds since the socket last received data, or since it was established when it
@@ -100,15 +113,34 @@ pub struct TrafficWatch {
     period: Duration,
     /// Before this (the minimum delay) a quiet answer ends nothing, so it need not be asked.
     earliest: Instant,
+    /// The sock_diag socket every look reuses; `None` when it could not be opened, and then
+    /// every look fails, which counts as traffic.
+    netlink: Option<OwnedFd>,
     /// The dump request for one address family, the port filter included.
     request: Vec<u8>,
-    /// Cookies of the sockets the last look found, sorted: 8 bytes per connection.
+    /// The dump of lameduck's own listener, whose accept queue holds connections the namespace
+    /// has counted and the endpoints not yet.
+    own_request: Vec<u8>,
+    /// The receive buffer every dump reuses.
+    buf: Vec<u8>,
+    /// The namespace's TCP counters (`/proc/thread-self/net/snmp`), and a buffer to read them.
+    snmp: Option<File>,
+    snmp_buf: Vec<u8>,
+    /// The sockets the last look found, sorted: 8 bytes per connection (see `key`).
     seen: Vec<u64>,
-    /// The next look's cookies, kept to reuse its memory.
+    /// The next look's keys, kept to reuse its memory.
     next: Vec<u64>,
+    /// Connections the namespace accepted that lameduck's endpoints did not, at the last reading.
+    others: u64,
+    /// Whether such a connection opened since the last look: it may have carried bytes until it
+    /// closed, unseen by any look.
+    opened_since_look: bool,
     /// When traffic last arrived, as far as the looks tell; the watch's start at the earliest.
     last_arrival: Instant,
     last_look: Instant,
+    /// How long the last look took, which spaces the looks an opened connection asks for.
+    look_took: Duration,
+    last_tick: Instant,
     /// Connections established at the last look.
     open: usize,
 }
@@ -120,29 +152,47 @@ pub struct Activity {
     pub new_connections: usize,
     /// Connections established at the last look.
     pub open: usize,
-    /// How long before the last look traffic last arrived (at most since the watch began).
-    pub quiet_for: Duration,
+    /// With a look on this tick, how long the app had been quiet when the look saw it: no
+    /// socket had received anything for this long, and nothing else had arrived since this
+    /// long before the look began. `None` when this tick made no look, so has no answer.
+    pub quiet_for: Option<Duration>,
 }
 
 impl TrafficWatch {
     /// Starts watching `ports` for a drain that may end once they have been quiet for
     /// `period`, and not before `min_delay` from now; what exists now is the baseline.
-    pub fn new(mut ports: Vec<u16>, period: Duration, min_delay: Duration) -> Self {
+    /// `own_port` is lameduck's own listener, whose connections are not the app's.
+    pub fn new(mut ports: Vec<u16>, own_port: u16, period: Duration, min_delay: Duration) -> Self {
         ports.sort_unstable();
         ports.dedup();
         let now = Instant::now();
         let mut watch = TrafficWatch {
             request: request(&ports),
+            own_request: dump_request(1 << TCP_LISTEN, 0, &port_filter(&[own_port])),
             ports,
             period,
             earliest: now + min_delay,
+            netlink: open_netlink().ok(),
+            buf: vec![0; RECV_BUF],
+            snmp: File::open("/proc/thread-self/net/snmp").ok(),
+            snmp_buf: vec![0; SNMP_BUF],
             seen: Vec::new(),
             next: Vec::new(),
+            others: 0,
+            opened_since_look: false,
             last_arrival: now,
             last_look: now,
+            look_took: Duration::ZERO,
+            last_tick: now,
             open: 0,
         };
+        if let Some(others) = watch.others() {
+            watch.others = others;
+        }
         watch.look();
+        // What the baseline look found is what existed before the drain.
+        watch.last_arrival = now;
+        watch.opened_since_look = false;
         watch
     }
 
@@ -151,70 +201,212 @@ impl TrafficWatch {
         &self.ports
     }
 
-    /// One tick: looks at the sockets when the answer may end the wait (the quiet period since
-    /// the last known arrival is over, and so is the minimum delay) or `MAX_GAP` has passed
-    /// since the last look, and reports what the last look found.
+    /// When `poll` should next be called: at the next tick, or sooner when a look falls due
+    /// (exactly when the quiet period after the last known arrival ends).
+    pub fn next_poll(&self) -> Instant {
+        self.look_due().min(self.last_tick + TICK)
+    }
+
+    /// When the next look is due: once its answer may end the wait (the quiet period since the
+    /// last known arrival is over, and so is the minimum delay), soon after a connection opened
+    /// (so that a short one is placed in time), and at least every `MAX_GAP`.
+    fn look_due(&self) -> Instant {
+        let answer = (self.last_arrival + self.period).max(self.earliest);
+        let mut due = answer.min(self.last_look + MAX_GAP);
+        if self.opened_since_look {
+            due = due.min(self.last_look + self.look_took * FOLLOW_UP_SPACING);
+        }
+        due
+    }
+
+    /// One tick: reads the namespace's count of accepted connections, then looks at the
+    /// sockets if a look is due, and reports what the last look found.
     pub fn poll(&mut self) -> Activity {
         let now = Instant::now();
-        let answer_due = (self.last_arrival + self.period).max(self.earliest);
-        let new_connections = if now >= answer_due || now >= self.last_look + MAX_GAP {
-            self.look()
-        } else {
-            0
-        };
+        self.last_tick = now;
+        if self.opened() {
+            self.last_arrival = self.last_arrival.max(now);
+            self.opened_since_look = true;
+        }
+        if Instant::now() < self.look_due() {
+            return Activity {
+                new_connections: 0,
+                open: self.open,
+                quiet_for: None,
+            };
+        }
+        let (new_connections, quiet_for) = self.look();
         Activity {
             new_connections,
             open: self.open,
-            quiet_for: self.last_look.saturating_duration_since(self.last_arrival),
+            quiet_for: Some(quiet_for),
         }
     }
 
-    /// Dumps the sockets on the watched ports, moves `last_arrival` up to the latest traffic
-    /// they show, and returns how many were not there on the previous look. A failed dump
-    /// counts as traffic now, so that an error can only make lameduck wait longer.
-    fn look(&mut self) -> usize {
+    /// Whether a connection lameduck's endpoints did not accept opened in the namespace since
+    /// the last reading; an unreadable count says yes, so that it can only make the wait longer.
+    fn opened(&mut self) -> bool {
+        match self.others() {
+            Some(others) => {
+                let opened = others > self.others;
+                self.others = self.others.max(others);
+                opened
+            }
+            None => true,
+        }
+    }
+
+    /// Connections the namespace accepted (`PassiveOpens`) less those lameduck's endpoints
+    /// accepted or hold in their accept queue. The count is read before and after lameduck's
+    /// own, and taken only when both agree, so that no connection of the app's is ever set off
+    /// against one of lameduck's that the counts caught at different moments (nothing is
+    /// accepted meanwhile: the runtime runs this, and the endpoints, on one thread).
+    fn others(&mut self) -> Option<u64> {
+        for _ in 0..EXACT_TRIES {
+            let before = passive_opens(self.snmp.as_ref()?, &mut self.snmp_buf)?;
+            let mut queued = 0u64;
+            let netlink = self.netlink.as_ref()?;
+            each_socket(
+                netlink,
+                &mut self.own_request,
+                &mut self.buf,
+                |socket, _| {
+                    queued += u64::from(socket.rqueue);
+                },
+            )
+            .ok()?;
+            let after = passive_opens(self.snmp.as_ref()?, &mut self.snmp_buf)?;
+            if before == after {
+                return Some(before.saturating_sub(crate::http::accepted() + queued));
+            }
+        }
+        None
+    }
+
+    /// Dumps the sockets on the watched ports; moves `last_arrival` up to the latest traffic
+    /// they and the namespace's counters show; returns how many sockets were not there on the
+    /// previous look, and how long the app had been quiet (see `Activity::quiet_for`).
+    ///
+    /// What a look cannot place in time counts as traffic at its end: a failed dump, a
+    /// connection that opened since the previous look (it may have come and gone unseen), a
+    /// connection that could still receive at the previous look and is gone now (its last
+    /// bytes may have come just before it closed), a new socket without `tcp_info`.
+    fn look(&mut self) -> (usize, Duration) {
+        let started = Instant::now();
         self.next.clear();
-        let (mut latest, mut open, mut new) = (None, 0, 0);
-        let (ports, seen, next) = (&self.ports, &self.seen, &mut self.next);
+        let (mut latest, mut min_idle, mut open, mut unplaced) = (None, None, 0, false);
+        let (ports, next) = (&self.ports, &mut self.next);
         let filtered = ports.len() <= MAX_FILTERED_PORTS;
         let dumped = ports.is_empty()
-            || each_socket(&self.request, |socket| {
-                if !filtered && ports.binary_search(&socket.local_port).is_err() {
-                    return;
-                }
-                next.push(socket.cookie);
-                let is_new = seen.binary_search(&socket.cookie).is_err();
-                new += usize::from(is_new);
-                open += usize::from(socket.state == TCP_ESTABLISHED);
-                // Without tcp_info, a socket born since the last look (a handshake under way,
-                // or a connection that already ended) counts as traffic now; an older one
-                // received nothing the earlier looks did not see.
-                let idle = match socket.idle_ms {
-                    Some(ms) => Duration::from_millis(ms.into()),
-                    None if is_new => Duration::ZERO,
-                    None => return,
-                };
-                latest = Some(latest.map_or(idle, |l: Duration| l.min(idle)));
-            })
-            .is_ok();
-        // Taken after the dump, so the arrival times derived from it are never too early.
-        let now = Instant::now();
-        self.last_look = now;
-        let arrival = if dumped {
-            latest.and_then(|idle| now.checked_sub(idle))
-        } else {
-            Some(now)
-        };
-        if let Some(arrival) = arrival {
-            self.last_arrival = self.last_arrival.max(arrival);
+            || self.netlink.as_ref().is_some_and(|netlink| {
+                each_socket(netlink, &mut self.request, &mut self.buf, |socket, at| {
+                    if !filtered && ports.binary_search(&socket.local_port).is_err() {
+                        return;
+                    }
+                    next.push(key(&socket));
+                    open += usize::from(socket.state == TCP_ESTABLISHED);
+                    // A socket without tcp_info is placed below, once it is known whether
+                    // it is new; an old one received nothing the earlier looks did not see.
+                    if let Some(ms) = socket.idle_ms {
+                        let idle = Duration::from_millis(ms.into());
+                        min_idle = Some(min_idle.map_or(idle, |m: Duration| m.min(idle)));
+                        // When the datagram holding it came, less its idle time: never earlier
+                        // than the true arrival.
+                        if let Some(arrival) = at.checked_sub(idle) {
+                            latest = Some(latest.map_or(arrival, |l: Instant| l.max(arrival)));
+                        }
+                    }
+                })
+                .is_ok()
+            });
+        let mut new = 0;
+        if dumped {
+            self.next.sort_unstable();
+            self.next.dedup_by_key(|k| *k >> 2);
+            let (found, vanished) = compare(&self.seen, &self.next);
+            new = found.new;
+            unplaced |= vanished > 0 || found.new_without_info > 0;
         }
+        let opened = self.opened() || std::mem::take(&mut self.opened_since_look);
+        let now = Instant::now();
+        let prior = if !dumped || opened || unplaced {
+            now
+        } else {
+            self.last_arrival
+        };
+        let quiet_for = started
+            .saturating_duration_since(prior)
+            .min(min_idle.unwrap_or(Duration::MAX));
+        self.last_arrival = self.last_arrival.max(prior).max(latest.unwrap_or(prior));
+        self.last_look = now;
+        self.look_took = now - started;
         if dumped {
             self.open = open;
-            self.next.sort_unstable();
             std::mem::swap(&mut self.seen, &mut self.next);
         }
-        new
+        (new, quiet_for)
     }
+}
+
+/// How often the watch reads the namespace's counters, which costs a few microseconds.
+pub const TICK: Duration = Duration::from_millis(100);
+/// After a connection opened, the next look waits this many times the last look's duration,
+/// so that such looks take at most a tenth of lameduck's time however many sockets there are.
+const FOLLOW_UP_SPACING: u32 = 10;
+/// Tries at reading the counters with no connection opened in between.
+const EXACT_TRIES: usize = 3;
+/// Receive buffer for a dump: the kernel fills up to 32 KiB per datagram.
+const RECV_BUF: usize = 32 * 1024;
+/// `/proc/net/snmp` is about 1.5 KiB.
+const SNMP_BUF: usize = 8 * 1024;
+
+/// The key a look keeps per socket: its cookie, shifted, then whether the peer could still
+/// send on it (so that its disappearance may hide bytes), and whether it came without
+/// `tcp_info`. Kernel cookies count up from 1, far from the top bits the shift drops.
+fn key(socket: &Socket) -> u64 {
+    let may_receive = matches!(
+        socket.state,
+        TCP_ESTABLISHED | TCP_FIN_WAIT1 | TCP_FIN_WAIT2
+    );
+    (socket.cookie << 2) | (u64::from(may_receive) << 1) | u64::from(socket.idle_ms.is_none())
+}
+
+/// Compares two looks' sorted keys: what is new in `now`, and how many sockets that could
+/// still receive in `before` are gone from it.
+fn compare(before: &[u64], now: &[u64]) -> (Found, usize) {
+    let (mut found, mut vanished) = (Found::default(), 0);
+    let (mut b, mut n) = (before.iter().peekable(), now.iter().peekable());
+    loop {
+        match (b.peek(), n.peek()) {
+            (Some(&&old), Some(&&new)) if old >> 2 == new >> 2 => {
+                b.next();
+                n.next();
+            }
+            (Some(&&old), Some(&&new)) if old >> 2 < new >> 2 => {
+                vanished += usize::from(old & 2 != 0);
+                b.next();
+            }
+            (_, Some(&&new)) => {
+                found.new += 1;
+                found.new_without_info += usize::from(new & 1 != 0);
+                n.next();
+            }
+            (Some(&&old), None) => {
+                vanished += usize::from(old & 2 != 0);
+                b.next();
+            }
+            (None, None) => return (found, vanished),
+        }
+    }
+}
+
+/// What a look found against the previous one.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Found {
+    /// Sockets the previous look had not seen.
+    new: usize,
+    /// Of those, the ones without `tcp_info` to say when they last received.
+    new_without_info: usize,
 }
 
 /// The ports on which the given processes hold listening sockets, except `exclude`.
@@ -222,12 +414,15 @@ pub fn listening_ports(pids: &[i32], exclude: u16) -> Vec<u16> {
     let mut inodes: Vec<u32> = pids.iter().flat_map(|pid| socket_inodes(*pid)).collect();
     inodes.sort_unstable();
     let mut ports = Vec::new();
-    let request = dump_request(1 << TCP_LISTEN, 0, &[]);
+    let mut request = dump_request(1 << TCP_LISTEN, 0, &[]);
+    let mut buf = vec![0; RECV_BUF];
     // A failed dump finds no port: the caller then waits the full delay.
-    let _ = each_socket(&request, |socket| {
-        if inodes.binary_search(&socket.inode).is_ok() && socket.local_port != exclude {
-            ports.push(socket.local_port);
-        }
+    let _ = open_netlink().and_then(|netlink| {
+        each_socket(&netlink, &mut request, &mut buf, |socket, _| {
+            if inodes.binary_search(&socket.inode).is_ok() && socket.local_port != exclude {
+                ports.push(socket.local_port);
+            }
+        })
     });
     ports.sort_unstable();
     ports.dedup();
@@ -333,9 +528,8 @@ fn push_op(code: &mut Vec<u8>, op: u8, yes: u8, no: usize) {
     code.extend_from_slice(&(no as u16).to_ne_bytes());
 }
 
-/// Runs `request` for IPv4 and IPv6 in lameduck's network namespace, handing each socket
-/// found to `found` as its answer is parsed.
-fn each_socket(request: &[u8], mut found: impl FnMut(Socket)) -> io::Result<()> {
+/// A sock_diag netlink socket.
+fn open_netlink() -> io::Result<OwnedFd> {
     // SAFETY: socket() with constant arguments; the result is checked before it is owned.
     let fd = unsafe {
         libc::socket(
@@ -348,12 +542,20 @@ fn each_socket(request: &[u8], mut found: impl FnMut(Socket)) -> io::Result<()> 
         return Err(io::Error::last_os_error());
     }
     // SAFETY: fd is a new, valid descriptor that nothing else owns.
-    let netlink = unsafe { OwnedFd::from_raw_fd(fd) };
-    let mut request = request.to_vec();
-    let mut buf = vec![0u8; 32 * 1024];
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Runs `request` for IPv4 and IPv6 in lameduck's network namespace, handing each socket
+/// found to `found` as its answer is parsed, with the time its datagram was received.
+fn each_socket(
+    netlink: &OwnedFd,
+    request: &mut [u8],
+    buf: &mut [u8],
+    mut found: impl FnMut(Socket, Instant),
+) -> io::Result<()> {
     for family in [libc::AF_INET, libc::AF_INET6] {
         request[offset_of!(Request, family)] = family as u8;
-        dump(&netlink, &request, &mut buf, &mut found)?;
+        dump(netlink, request, buf, &mut found)?;
     }
     Ok(())
 }
@@ -363,7 +565,7 @@ fn dump(
     netlink: &OwnedFd,
     request: &[u8],
     buf: &mut [u8],
-    found: &mut impl FnMut(Socket),
+    found: &mut impl FnMut(Socket, Instant),
 ) -> io::Result<()> {
     // SAFETY: send reads exactly request.len() bytes from the slice.
     let sent = unsafe {
@@ -383,10 +585,29 @@ fn dump(
         let Ok(got) = usize::try_from(got) else {
             return Err(io::Error::last_os_error());
         };
-        if got == 0 || !parse_messages(&buf[..got], found)? {
+        let at = Instant::now();
+        if got == 0 || !parse_messages(&buf[..got], &mut |socket| found(socket, at))? {
             return Ok(());
         }
     }
+}
+
+/// The network namespace's count of accepted TCP connections, from `/proc/net/snmp`: the
+/// `PassiveOpens` column of its two `Tcp:` lines.
+fn passive_opens(snmp: &File, buf: &mut [u8]) -> Option<u64> {
+    use std::os::unix::fs::FileExt;
+    let len = snmp.read_at(buf, 0).ok()?;
+    parse_passive_opens(std::str::from_utf8(buf.get(..len)?).ok()?)
+}
+
+/// `PassiveOpens` from the text of `/proc/net/snmp`.
+fn parse_passive_opens(text: &str) -> Option<u64> {
+    let mut tcp = text.lines().filter_map(|line| line.strip_prefix("Tcp:"));
+    let (names, values) = (tcp.next()?, tcp.next()?);
+    let column = names
+        .split_whitespace()
+        .position(|name| name == "PassiveOpens")?;
+    values.split_whitespace().nth(column)?.parse().ok()
 }
 
 /// Parses one datagram of netlink messages; returns whether more are to come.
@@ -420,6 +641,7 @@ fn parse_socket(payload: &[u8]) -> Option<Socket> {
         local_port: u16::from_be_bytes(message.id.sport),
         state: message.state,
         inode: message.inode,
+        rqueue: message.rqueue,
         cookie: u64::from(message.id.cookie[0]) | (u64::from(message.id.cookie[1]) << 32),
         idle_ms: None,
     };
@@ -461,9 +683,29 @@ mod tests {
     use std::net::{TcpListener, TcpStream};
     use std::thread::sleep;
 
+    /// Moves the calling test's thread into a network namespace of its own, with its loopback
+    /// up, so that other tests' connections do not reach its counters.
+    fn own_network() {
+        // SAFETY: unshare with a constant flag changes only this thread's namespaces.
+        assert_eq!(
+            unsafe { libc::unshare(libc::CLONE_NEWNET) },
+            0,
+            "unshare (root needed)"
+        );
+        let up = std::process::Command::new("ip")
+            .args(["link", "set", "lo", "up"])
+            .status()
+            .unwrap();
+        assert!(up.success());
+    }
+
     /// A watch that looks on every poll: a zero quiet period makes every answer due.
     fn eager_watch(port: u16) -> TrafficWatch {
-        TrafficWatch::new(vec![port], Duration::ZERO, Duration::ZERO)
+        TrafficWatch::new(vec![port], 0, Duration::ZERO, Duration::ZERO)
+    }
+
+    fn quiet_for(activity: &Activity) -> Duration {
+        activity.quiet_for.expect("a look on this tick")
     }
 
     #[test]
@@ -477,6 +719,7 @@ mod tests {
 
     #[test]
     fn sees_a_new_connection_and_bytes_on_a_kept_one() {
+        own_network();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let mut watch = eager_watch(port);
@@ -487,13 +730,13 @@ mod tests {
         let (mut server, _) = listener.accept().unwrap();
         let first = watch.poll();
         assert_eq!((first.new_connections, first.open), (1, 1));
-        assert!(first.quiet_for < Duration::from_millis(50), "{first:?}");
+        assert!(quiet_for(&first) < Duration::from_millis(50), "{first:?}");
 
         sleep(Duration::from_millis(200));
         let idle = watch.poll();
         assert_eq!(idle.new_connections, 0);
         assert!(
-            idle.quiet_for >= Duration::from_millis(150),
+            quiet_for(&idle) >= Duration::from_millis(150),
             "an idle kept-alive connection is quiet: {idle:?}"
         );
 
@@ -503,9 +746,61 @@ mod tests {
         let request = watch.poll();
         assert_eq!(request.new_connections, 0);
         assert!(
-            request.quiet_for < Duration::from_millis(50),
+            quiet_for(&request) < Duration::from_millis(50),
             "a request on a kept-alive connection is traffic: {request:?}"
         );
+    }
+
+    #[test]
+    fn a_connection_opened_and_closed_between_two_looks_is_traffic() {
+        own_network();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut watch = eager_watch(listener.local_addr().unwrap().port());
+        sleep(Duration::from_millis(200));
+        drop(TcpStream::connect(listener.local_addr().unwrap()).unwrap());
+        drop(listener.accept().unwrap());
+        // Until the server's socket is gone from the table, the look would see it anyway.
+        sleep(Duration::from_millis(50));
+        let seen = watch.poll();
+        assert_eq!(seen.new_connections, 0, "gone before the look: {seen:?}");
+        assert_eq!(quiet_for(&seen), Duration::ZERO, "{seen:?}");
+    }
+
+    #[test]
+    fn a_kept_connection_that_closes_between_two_looks_is_traffic() {
+        own_network();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        let mut watch = eager_watch(listener.local_addr().unwrap().port());
+        sleep(Duration::from_millis(200));
+        assert!(quiet_for(&watch.poll()) >= Duration::from_millis(150));
+        // The client closes first, so no TIME_WAIT socket stays on the server's side.
+        drop(client);
+        drop(server);
+        sleep(Duration::from_millis(50));
+        let seen = watch.poll();
+        assert_eq!(quiet_for(&seen), Duration::ZERO, "{seen:?}");
+    }
+
+    #[test]
+    fn connections_to_lameducks_own_port_are_not_traffic() {
+        own_network();
+        let app = TcpListener::bind("127.0.0.1:0").unwrap();
+        let own = TcpListener::bind("127.0.0.1:0").unwrap();
+        let own_port = own.local_addr().unwrap().port();
+        let mut watch = TrafficWatch::new(
+            vec![app.local_addr().unwrap().port()],
+            own_port,
+            Duration::ZERO,
+            Duration::ZERO,
+        );
+        sleep(Duration::from_millis(200));
+        // Not accepted: a connection in lameduck's accept queue is its own.
+        let _probe = TcpStream::connect(own.local_addr().unwrap()).unwrap();
+        sleep(Duration::from_millis(50));
+        let seen = watch.poll();
+        assert!(quiet_for(&seen) >= Duration::from_millis(150), "{seen:?}");
     }
 
     #[test]
@@ -518,7 +813,6 @@ mod tests {
         client.write_all(b"probe").unwrap();
         let seen = watch.poll();
         assert_eq!((seen.new_connections, seen.open), (0, 0), "{seen:?}");
-        assert!(seen.quiet_for >= Duration::from_millis(150), "{seen:?}");
     }
 
     #[test]
@@ -530,7 +824,7 @@ mod tests {
             .iter()
             .map(|l| l.local_addr().unwrap().port())
             .collect();
-        let mut watch = TrafficWatch::new(ports, Duration::ZERO, Duration::ZERO);
+        let mut watch = TrafficWatch::new(ports, 0, Duration::ZERO, Duration::ZERO);
         let _clients: Vec<TcpStream> = listeners
             .iter()
             .map(|l| TcpStream::connect(l.local_addr().unwrap()).unwrap())
@@ -541,20 +835,48 @@ mod tests {
 
     #[test]
     fn a_quiet_watch_looks_only_when_the_answer_is_due() {
+        own_network();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        let mut watch = TrafficWatch::new(vec![port], Duration::from_secs(5), Duration::ZERO);
+        let mut watch = TrafficWatch::new(vec![port], 0, Duration::from_secs(5), Duration::ZERO);
         let baseline = watch.last_look;
-        let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let early = watch.poll();
         assert_eq!(watch.last_look, baseline, "no look before an answer is due");
-        assert_eq!(early.new_connections, 0);
+        assert_eq!(early.quiet_for, None);
+        assert!(watch.next_poll() <= Instant::now() + TICK);
         sleep(MAX_GAP);
-        assert_eq!(
-            watch.poll().new_connections,
-            1,
+        assert!(
+            watch.poll().quiet_for.is_some(),
             "a look at least every MAX_GAP"
         );
+    }
+
+    #[test]
+    fn reads_passive_opens_from_the_snmp_table() {
+        let text = "Ip: Forwarding DefaultTTL\nIp: 1 64\n\
+            Tcp: RtoAlgorithm RtoMin RtoMax MaxConn ActiveOpens PassiveOpens AttemptFails\n\
+            Tcp: 1 200 120000 -1 499228 384421 114217\nUdp: InDatagrams\nUdp: 5\n";
+        assert_eq!(parse_passive_opens(text), Some(384421));
+        assert_eq!(parse_passive_opens("Tcp: PassiveOpens\n"), None);
+        assert_eq!(parse_passive_opens(""), None);
+    }
+
+    #[test]
+    fn compares_two_looks_by_cookie() {
+        let receiving = |cookie: u64| cookie << 2 | 2;
+        let closing = |cookie: u64| cookie << 2;
+        let without_info = |cookie: u64| cookie << 2 | 1;
+        let before = [receiving(1), closing(2), receiving(3), receiving(5)];
+        let now = [closing(1), receiving(4), without_info(6)];
+        let (found, vanished) = compare(&before, &now);
+        assert_eq!(
+            found,
+            Found {
+                new: 2,
+                new_without_info: 1
+            }
+        );
+        assert_eq!(vanished, 2, "3 and 5 could receive; 2 could not");
     }
 
     #[test]

@@ -1,16 +1,18 @@
 //! The adaptive delay among many connections: real nginx under lameduck as PID 1, holding 5,000
 //! idle kept-alive connections. Requests on one connection among them keep the drain open; with
-//! none, the drain ends once the quiet period has passed.
+//! none, the drain ends once the quiet period has passed. Requests each on a connection of its
+//! own, which the client closes first so that nothing of it stays in the server's socket table,
+//! keep the drain open too. Each test has a network namespace of its own.
 
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use common::haproxy::free_addrs;
 use common::nginx::NginxConfig;
-use common::{Lameduck, Mode, get, wait_until};
+use common::{Lameduck, Mode, get, own_network, wait_until};
 use nix::sys::resource::{Resource, getrlimit, setrlimit};
 use nix::sys::signal::Signal;
 
@@ -30,6 +32,8 @@ const QUIET_LINE: &str = "no traffic reached the app for the quiet period";
 /// nginx under lameduck, with `IDLE` open connections and one more to send requests on.
 struct Pod {
     run: Lameduck,
+    /// nginx's address.
+    addr: SocketAddr,
     busy: TcpStream,
     _idle: Vec<TcpStream>,
     /// Dropped after `run`, so nginx is gone before its folder is removed.
@@ -37,16 +41,19 @@ struct Pod {
 }
 
 impl Pod {
-    fn start(test: &str, ip: Ipv4Addr) -> Pod {
+    /// Starts nginx under lameduck in a network namespace of the test's own, with `idle`
+    /// connections open to it.
+    fn start(test: &str, ip: Ipv4Addr, idle: usize) -> Pod {
+        own_network();
         // The test holds every client end: room for them, and nginx inherits it for the others.
         let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
         setrlimit(Resource::RLIMIT_NOFILE, hard, hard).expect("raise the open-file limit");
-        assert!(hard as usize > IDLE + 100, "open-file limit {hard} too low");
+        assert!(hard as usize > idle + 100, "open-file limit {hard} too low");
 
         let [addr, endpoints] = free_addrs(ip, 2)[..] else {
             unreachable!()
         };
-        let config = NginxConfig::with_connections(&format!("quiet-{test}"), addr, IDLE + 100);
+        let config = NginxConfig::with_connections(&format!("quiet-{test}"), addr, idle + 100);
         let args = config.under_lameduck(
             endpoints,
             &[
@@ -65,13 +72,13 @@ impl Pod {
             "nginx never became ready: {:#?}",
             run.stderr.all()
         );
-        let idle: Vec<TcpStream> = (0..IDLE)
+        let idle: Vec<TcpStream> = (0..idle)
             .map(|_| TcpStream::connect(addr).expect("an idle connection"))
             .collect();
-        let busy = TcpStream::connect(addr).expect("the busy connection");
-        busy.set_read_timeout(Some(SLACK)).expect("read timeout");
+        let busy = connect(addr);
         let mut pod = Pod {
             run,
+            addr,
             busy,
             _idle: idle,
             _config: config,
@@ -84,16 +91,7 @@ impl Pod {
 
     /// One keep-alive request on the busy connection, read to the end of its response.
     fn request(&mut self) {
-        self.busy
-            .write_all(b"GET /fast HTTP/1.1\r\nHost: pod\r\n\r\n")
-            .expect("send a request");
-        let mut response = Vec::new();
-        let mut chunk = [0u8; 512];
-        while !response.ends_with(b"ok\n") {
-            let got = self.busy.read(&mut chunk).expect("read the response");
-            assert!(got > 0, "nginx closed the busy connection");
-            response.extend_from_slice(&chunk[..got]);
-        }
+        request(&mut self.busy);
     }
 
     /// Waits for the line that says why the wait ended; returns it and when it was seen.
@@ -118,6 +116,26 @@ impl Pod {
     }
 }
 
+/// A connection to nginx that gives up on a reply after `SLACK`.
+fn connect(addr: SocketAddr) -> TcpStream {
+    let conn = TcpStream::connect(addr).expect("a connection to nginx");
+    conn.set_read_timeout(Some(SLACK)).expect("read timeout");
+    conn
+}
+
+/// One keep-alive request on `conn`, read to the end of its response.
+fn request(conn: &mut TcpStream) {
+    conn.write_all(b"GET /fast HTTP/1.1\r\nHost: pod\r\n\r\n")
+        .expect("send a request");
+    let mut response = Vec::new();
+    let mut chunk = [0u8; 512];
+    while !response.ends_with(b"ok\n") {
+        let got = conn.read(&mut chunk).expect("read the response");
+        assert!(got > 0, "nginx closed the connection");
+        response.extend_from_slice(&chunk[..got]);
+    }
+}
+
 /// A number field of a log line, `name=VALUE`.
 fn field(line: &str, name: &str) -> u64 {
     line.split_whitespace()
@@ -127,7 +145,7 @@ fn field(line: &str, name: &str) -> u64 {
 
 #[test]
 fn requests_on_one_connection_among_5000_idle_ones_hold_the_drain_open() {
-    let mut pod = Pod::start("busy", Ipv4Addr::new(127, 0, 62, 1));
+    let mut pod = Pod::start("busy", Ipv4Addr::new(127, 0, 62, 1), IDLE);
     let began = Instant::now();
     pod.run.signal(Signal::SIGTERM);
     while began.elapsed() < BUSY_FOR {
@@ -154,7 +172,7 @@ fn requests_on_one_connection_among_5000_idle_ones_hold_the_drain_open() {
 
 #[test]
 fn with_5000_idle_connections_and_no_traffic_the_drain_ends_after_the_quiet_period() {
-    let pod = Pod::start("idle", Ipv4Addr::new(127, 0, 62, 2));
+    let pod = Pod::start("idle", Ipv4Addr::new(127, 0, 62, 2), IDLE);
     let began = Instant::now();
     pod.run.signal(Signal::SIGTERM);
     let (line, seen) = pod.quiet_line(QUIET_PERIOD + SLACK);
@@ -169,6 +187,34 @@ fn with_5000_idle_connections_and_no_traffic_the_drain_ends_after_the_quiet_peri
     );
     assert!(
         field(&line, "waited_ms") < (QUIET_PERIOD + SLACK).as_millis() as u64,
+        "{line}"
+    );
+}
+
+#[test]
+fn requests_on_connections_the_client_opens_and_closes_first_hold_the_drain_open() {
+    let pod = Pod::start("per-request", Ipv4Addr::new(127, 0, 62, 3), 0);
+    let began = Instant::now();
+    pod.run.signal(Signal::SIGTERM);
+    while began.elapsed() < BUSY_FOR {
+        // Kept alive by nginx, closed by the client once answered: the server's side of it
+        // leaves the socket table at once, between two looks.
+        let mut conn = connect(pod.addr);
+        request(&mut conn);
+        drop(conn);
+        std::thread::sleep(REQUEST_EVERY);
+        assert!(
+            !pod.run.stderr.contains(QUIET_LINE),
+            "the drain ended {:?} after SIGTERM while requests still came: {:#?}",
+            began.elapsed(),
+            pod.run.stderr.all()
+        );
+    }
+    // A connection that came and went unseen may have carried bytes until the look that
+    // noticed it: the wait may last one quiet period past that look.
+    let (line, _) = pod.quiet_line(QUIET_PERIOD * 2 + SLACK);
+    assert!(
+        field(&line, "waited_ms") >= BUSY_FOR.as_millis() as u64,
         "{line}"
     );
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use common::haproxy::{Checks, Haproxy, Server, free_addrs};
 use common::load::{Connections, Load, Outcome, Plan, Report};
 use common::nginx::{NginxConfig, SLOW_BYTES, SLOW_RATE};
-use common::{Lameduck, Mode, get, wait_until};
+use common::{Lameduck, Mode, get, own_network, run_ip, thread_id, wait_until};
 use nix::sys::signal::Signal;
 
 /// The shutdown delay: well over HAProxy's detection time (two checks 200 ms apart).
@@ -43,6 +43,10 @@ const QUIET_PERIOD_FLAG: &str = "1s";
 /// The adaptive pod must exit within this of its SIGTERM: checks (1.5 s) + quiet period (1 s)
 /// + the last slow request, with room to spare, and an order of magnitude below the 15 s.
 const ADAPTIVE_EXIT: Duration = Duration::from_secs(4);
+
+/// The adaptive pod's address in its own network namespace, and the test's end of the link.
+const B1_IP: Ipv4Addr = Ipv4Addr::new(10, 254, 0, 2);
+const HOST_IP: Ipv4Addr = Ipv4Addr::new(10, 254, 0, 1);
 
 /// One pod: nginx under lameduck, PID 1 of its own PID namespace.
 struct Pod {
@@ -377,16 +381,42 @@ fn quiet_period_also_sees_requests_on_kept_alive_connections() {
 }
 
 /// Drains b1 under `--quiet-period` behind slow health checks, with load through HAProxy.
+///
+/// The adaptive delay counts every connection its network namespace accepts, so b1 gets one of
+/// its own, as a pod would, reached over a veth pair from the test's namespace, where b2,
+/// HAProxy and the load live.
 fn drain_adaptively(test: &str, base: Ipv4Addr, connections: Connections) {
-    let [b1_addr, b1_ep, b2_addr, b2_ep, listen] = addrs(base);
-    // With --ready-check, as the other pods: its probes stop when the drain begins.
-    let adaptive = [
-        "--shutdown-delay",
-        ADAPTIVE_DELAY_FLAG,
-        "--quiet-period",
-        QUIET_PERIOD_FLAG,
-    ];
-    let mut b1 = Pod::start_with(test, "b1", b1_addr, b1_ep, &adaptive);
+    own_network();
+    let [b2_addr, b2_ep, listen] = addrs(base);
+    let (b1_addr, b1_ep) = (
+        SocketAddr::from((B1_IP, 8080)),
+        SocketAddr::from((B1_IP, 8081)),
+    );
+    let outside = thread_id();
+    let mut b1 = std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                own_network();
+                let outside = outside.to_string();
+                run_ip(&[
+                    "link", "add", "pod", "type", "veth", "peer", "host", "netns", &outside,
+                ]);
+                run_ip(&["addr", "add", &format!("{B1_IP}/30"), "dev", "pod"]);
+                run_ip(&["link", "set", "pod", "up"]);
+                // With --ready-check, as the other pods: its probes stop when the drain begins.
+                let adaptive = [
+                    "--shutdown-delay",
+                    ADAPTIVE_DELAY_FLAG,
+                    "--quiet-period",
+                    QUIET_PERIOD_FLAG,
+                ];
+                Pod::start_with(test, "b1", b1_addr, b1_ep, &adaptive)
+            })
+            .join()
+            .expect("start b1")
+    });
+    run_ip(&["addr", "add", &format!("{HOST_IP}/30"), "dev", "host"]);
+    run_ip(&["link", "set", "host", "up"]);
     let b2 = Pod::start(test, "b2", b2_addr, b2_ep);
     let haproxy = Haproxy::start_with(
         test,

@@ -413,3 +413,30 @@ pub fn static_build() -> (PathBuf, PathBuf) {
         .join("examples/fixture");
     (binary, fixture)
 }
+
+/// Moves the calling test's thread into a network namespace of its own, with its loopback up;
+/// what the thread starts from then on (lameduck, servers, clients) lives there too. The
+/// adaptive delay counts every connection its namespace accepts, so a test of it must not
+/// share one with other tests.
+pub fn own_network() {
+    // SAFETY: unshare with a constant flag changes only this thread's namespaces.
+    assert_eq!(
+        unsafe { libc::unshare(libc::CLONE_NEWNET) },
+        0,
+        "unshare a network namespace (root needed): {}",
+        std::io::Error::last_os_error()
+    );
+    run_ip(&["link", "set", "lo", "up"]);
+}
+
+/// Runs `ip ARGS` in the calling thread's network namespace.
+pub fn run_ip(args: &[&str]) {
+    let status = Command::new("ip").args(args).status().expect("run ip");
+    assert!(status.success(), "ip {args:?}: {status}");
+}
+
+/// The calling thread's id, which names its network namespace to `ip ... netns`.
+pub fn thread_id() -> i32 {
+    // SAFETY: gettid has no preconditions.
+    unsafe { libc::gettid() }
+}
