@@ -523,9 +523,15 @@ fn pod_of(name: &str, ip: Ipv4Addr, deployment: &serde_json::Value) -> (Pod, Dur
                 mount["readOnly"] == true,
             );
         }
-        if let Some(get) = c["lifecycle"]["preStop"].get("httpGet") {
+        let hook = &c["lifecycle"]["preStop"];
+        if let Some(get) = hook.get("httpGet") {
             let port = get["port"].as_u64().expect("the hook's port by number");
             built = built.pre_stop_http_get(port as u16, get["path"].as_str().expect("a path"));
+        } else {
+            assert!(
+                hook.is_null(),
+                "a preStop hook this model cannot run: {hook}"
+            );
         }
         built
     };
