@@ -21,9 +21,11 @@ pub const OWN_BOUND_SECS: u64 = 10;
 /// gunicorn resets when it closes its listener on TERM).
 pub const GUNICORN_WORKERS: usize = 10;
 
-/// gunicorn's `--timeout`: its sync workers notice TERM only at the end of a wait for a
-/// connection, and the master exits up to this long after the signal even when idle.
+/// gunicorn's `--timeout`. With sync workers its master exits seconds after TERM even when idle,
+/// the longer the larger the timeout (3 to 5 s at 3, 6 to 7 s at the default 30, measured).
 pub const GUNICORN_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long after its last response gunicorn's master may take to exit at that timeout.
+pub const GUNICORN_EXIT_LAG: Duration = Duration::from_secs(5);
 
 /// A server the scenarios can run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -336,9 +338,7 @@ def app(environ, start_response):
                 path("lighttpd.conf"),
             ],
             // The default sync workers, as most deployments run: one request at a time each,
-            // each on its own connection (never kept alive), more of them than clients. A sync
-            // worker notices TERM only when its wait for a connection times out, after half
-            // of --timeout (30s by default): a short one keeps its exit prompt.
+            // each on its own connection (never kept alive), more of them than clients.
             Kind::Gunicorn => vec![
                 "gunicorn".into(),
                 "--bind".into(),
@@ -372,7 +372,7 @@ def app(environ, start_response):
     /// signal.
     pub fn exit_lag(&self) -> Duration {
         match self.kind {
-            Kind::Gunicorn => GUNICORN_TIMEOUT,
+            Kind::Gunicorn => GUNICORN_EXIT_LAG,
             _ => Duration::ZERO,
         }
     }
