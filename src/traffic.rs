@@ -7,7 +7,8 @@
 //! down to the app's ports, each socket's `tcp_info` says how long ago it last received data
 //! (or, with no data yet, was established), so one look gives the time of the last arrival
 //! without comparing anything to an earlier look, and a look is made only when its answer can
-//! end the wait, or at least every `MAX_GAP`. What it keeps per connection is one cookie.
+//! end the wait, soon after the namespace's counters show a connection opened or ended, or at
+//! least every `MAX_GAP`. What it keeps per connection is one cookie.
 //!
 //! What the socket table cannot show between two looks, a connection opened and closed in
 //! between, or bytes on one that closes before the next look, the namespace's counters and the
@@ -44,9 +45,9 @@ const TCP_FIN_WAIT2: u8 = 5;
 const TCP_LISTEN: u8 = 10;
 /// Every TCP state (1..=12) but LISTEN.
 const ALL_BUT_LISTEN: u32 = 0x1ffe & !(1 << TCP_LISTEN);
-/// The longest the watch goes without looking while no answer is due: the open-connection
-/// count stays this fresh, and so does the time of a connection's end that hides its bytes.
-const MAX_GAP: Duration = Duration::from_millis(1000);
+/// The longest the watch goes without looking while no answer is due and its counters show
+/// nothing new: the open-connection count stays this fresh.
+const MAX_GAP: Duration = Duration::from_secs(3);
 
 /// `struct inet_diag_sockid`.
 #[repr(C)]
@@ -135,6 +136,11 @@ pub struct TrafficWatch {
     /// Whether such a connection opened since the last look: it may have carried bytes until it
     /// closed, unseen by any look.
     opened_since_look: bool,
+    /// Connections established in the namespace (`CurrEstab`) at the last reading: when it
+    /// falls, one ended, and the next look, which tells whether it was the app's, comes soon.
+    established: u64,
+    /// Whether a connection ended since the last look.
+    ended_since_look: bool,
     /// When traffic last arrived, as far as the looks tell; the watch's start at the earliest.
     last_arrival: Instant,
     last_look: Instant,
@@ -180,19 +186,18 @@ impl TrafficWatch {
             next: Vec::new(),
             others: 0,
             opened_since_look: false,
+            established: 0,
+            ended_since_look: false,
             last_arrival: now,
             last_look: now,
             look_took: Duration::ZERO,
             last_tick: now,
             open: 0,
         };
-        if let Some(others) = watch.others() {
-            watch.others = others;
+        if let Some(counts) = watch.counts() {
+            (watch.others, watch.established) = counts;
         }
         watch.look();
-        // What the baseline look found is what existed before the drain.
-        watch.last_arrival = now;
-        watch.opened_since_look = false;
         watch
     }
 
@@ -209,11 +214,12 @@ impl TrafficWatch {
 
     /// When the next look is due: once its answer may end the wait (the quiet period since the
     /// last known arrival is over, and so is the minimum delay), soon after a connection opened
-    /// (so that a short one is placed in time), and at least every `MAX_GAP`.
+    /// or ended (so that a short one, or a closed one's last bytes, are placed in time), and at
+    /// least every `MAX_GAP`.
     fn look_due(&self) -> Instant {
         let answer = (self.last_arrival + self.period).max(self.earliest);
         let mut due = answer.min(self.last_look + MAX_GAP);
-        if self.opened_since_look {
+        if self.opened_since_look || self.ended_since_look {
             due = due.min(self.last_look + self.look_took * FOLLOW_UP_SPACING);
         }
         due
@@ -245,11 +251,14 @@ impl TrafficWatch {
 
     /// Whether a connection lameduck's endpoints did not accept opened in the namespace since
     /// the last reading; an unreadable count says yes, so that it can only make the wait longer.
+    /// Notes too whether a connection ended.
     fn opened(&mut self) -> bool {
-        match self.others() {
-            Some(others) => {
+        match self.counts() {
+            Some((others, established)) => {
                 let opened = others > self.others;
                 self.others = self.others.max(others);
+                self.ended_since_look |= established < self.established;
+                self.established = established;
                 opened
             }
             None => true,
@@ -260,10 +269,11 @@ impl TrafficWatch {
     /// accepted or hold in their accept queue. The count is read before and after lameduck's
     /// own, and taken only when both agree, so that no connection of the app's is ever set off
     /// against one of lameduck's that the counts caught at different moments (nothing is
-    /// accepted meanwhile: the runtime runs this, and the endpoints, on one thread).
-    fn others(&mut self) -> Option<u64> {
+    /// accepted meanwhile: the runtime runs this, and the endpoints, on one thread). Returns it
+    /// with the namespace's established connections.
+    fn counts(&mut self) -> Option<(u64, u64)> {
         for _ in 0..EXACT_TRIES {
-            let before = passive_opens(self.snmp.as_ref()?, &mut self.snmp_buf)?;
+            let (before, _) = tcp_counters(self.snmp.as_ref()?, &mut self.snmp_buf)?;
             let mut queued = 0u64;
             let netlink = self.netlink.as_ref()?;
             each_socket(
@@ -275,9 +285,10 @@ impl TrafficWatch {
                 },
             )
             .ok()?;
-            let after = passive_opens(self.snmp.as_ref()?, &mut self.snmp_buf)?;
+            let (after, established) = tcp_counters(self.snmp.as_ref()?, &mut self.snmp_buf)?;
             if before == after {
-                return Some(before.saturating_sub(crate::http::accepted() + queued));
+                let others = before.saturating_sub(crate::http::accepted() + queued);
+                return Some((others, established));
             }
         }
         None
@@ -327,7 +338,12 @@ impl TrafficWatch {
             new = found.new;
             unplaced |= vanished > 0 || found.new_without_info > 0;
         }
-        let opened = self.opened() || std::mem::take(&mut self.opened_since_look);
+        // One counted now may have opened after the dump: the next look must not trust the
+        // table about it either.
+        let opened_now = self.opened();
+        let opened = opened_now || self.opened_since_look;
+        self.opened_since_look = opened_now;
+        self.ended_since_look = false;
         let now = Instant::now();
         let prior = if !dumped || opened || unplaced {
             now
@@ -592,22 +608,24 @@ fn dump(
     }
 }
 
-/// The network namespace's count of accepted TCP connections, from `/proc/net/snmp`: the
-/// `PassiveOpens` column of its two `Tcp:` lines.
-fn passive_opens(snmp: &File, buf: &mut [u8]) -> Option<u64> {
+/// The network namespace's counts of accepted TCP connections and of established ones, from
+/// `/proc/net/snmp`.
+fn tcp_counters(snmp: &File, buf: &mut [u8]) -> Option<(u64, u64)> {
     use std::os::unix::fs::FileExt;
     let len = snmp.read_at(buf, 0).ok()?;
-    parse_passive_opens(std::str::from_utf8(buf.get(..len)?).ok()?)
+    parse_tcp_counters(std::str::from_utf8(buf.get(..len)?).ok()?)
 }
 
-/// `PassiveOpens` from the text of `/proc/net/snmp`.
-fn parse_passive_opens(text: &str) -> Option<u64> {
+/// The `PassiveOpens` and `CurrEstab` columns of the two `Tcp:` lines of `/proc/net/snmp`.
+fn parse_tcp_counters(text: &str) -> Option<(u64, u64)> {
     let mut tcp = text.lines().filter_map(|line| line.strip_prefix("Tcp:"));
     let (names, values) = (tcp.next()?, tcp.next()?);
-    let column = names
-        .split_whitespace()
-        .position(|name| name == "PassiveOpens")?;
-    values.split_whitespace().nth(column)?.parse().ok()
+    let column = |wanted| names.split_whitespace().position(|name| name == wanted);
+    let value = |at: usize| values.split_whitespace().nth(at)?.parse().ok();
+    Some((
+        value(column("PassiveOpens")?)?,
+        value(column("CurrEstab")?)?,
+    ))
 }
 
 /// Parses one datagram of netlink messages; returns whether more are to come.
@@ -784,6 +802,36 @@ mod tests {
     }
 
     #[test]
+    fn a_connection_that_ends_brings_the_next_look_forward() {
+        own_network();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        let port = listener.local_addr().unwrap().port();
+        // No answer due for 5 s, and no look for MAX_GAP without news.
+        let mut watch = TrafficWatch::new(vec![port], 0, Duration::from_secs(5), Duration::ZERO);
+        drop(client);
+        drop(server);
+        sleep(Duration::from_millis(50));
+        // Well before MAX_GAP, on the ticks the watch asks for.
+        let deadline = Instant::now() + MAX_GAP / 2;
+        let answer = loop {
+            if let Some(quiet_for) = watch.poll().quiet_for {
+                break Some(quiet_for);
+            }
+            if Instant::now() > deadline {
+                break None;
+            }
+            sleep(watch.next_poll().saturating_duration_since(Instant::now()));
+        };
+        assert_eq!(
+            answer,
+            Some(Duration::ZERO),
+            "a look soon after a connection ended finds the app's gone"
+        );
+    }
+
+    #[test]
     fn connections_to_lameducks_own_port_are_not_traffic() {
         own_network();
         let app = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -852,13 +900,13 @@ mod tests {
     }
 
     #[test]
-    fn reads_passive_opens_from_the_snmp_table() {
+    fn reads_the_tcp_counters_from_the_snmp_table() {
         let text = "Ip: Forwarding DefaultTTL\nIp: 1 64\n\
-            Tcp: RtoAlgorithm RtoMin RtoMax MaxConn ActiveOpens PassiveOpens AttemptFails\n\
-            Tcp: 1 200 120000 -1 499228 384421 114217\nUdp: InDatagrams\nUdp: 5\n";
-        assert_eq!(parse_passive_opens(text), Some(384421));
-        assert_eq!(parse_passive_opens("Tcp: PassiveOpens\n"), None);
-        assert_eq!(parse_passive_opens(""), None);
+            Tcp: RtoAlgorithm MaxConn ActiveOpens PassiveOpens AttemptFails EstabResets CurrEstab\n\
+            Tcp: 1 -1 499228 384421 114217 40765 11026\nUdp: InDatagrams\nUdp: 5\n";
+        assert_eq!(parse_tcp_counters(text), Some((384421, 11026)));
+        assert_eq!(parse_tcp_counters("Tcp: PassiveOpens CurrEstab\n"), None);
+        assert_eq!(parse_tcp_counters(""), None);
     }
 
     #[test]
