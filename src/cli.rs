@@ -10,8 +10,8 @@ use nix::sys::signal::Signal;
 
 use crate::duration;
 use crate::settings::{
-    DrainConfig, Forwarded, GRACE_MARGIN, QuietConfig, ReadinessDuringDelay, ReadyCheck, Route,
-    Token,
+    DrainConfig, Forwarded, GRACE_MARGIN, HttpPrestop, QuietConfig, ReadinessDuringDelay,
+    ReadyCheck, Route, Token,
 };
 use crate::signals::{Rewrite, Rewrites, SignalArg};
 
@@ -38,6 +38,9 @@ pub struct Cli {
 pub enum Mode {
     /// Drain an app in another container of the pod (an unmodified nginx) from beside it.
     Sidecar(SidecarArgs),
+    /// The preStop hook, run inside the pod (`exec: [lameduck, prestop]`): start the drain of
+    /// the lameduck in this pod and wait for its answer.
+    Prestop(PrestopArgs),
     /// Copy this executable into DIR (an init container's shared volume) as DIR/lameduck.
     Install {
         /// The directory to install into.
@@ -123,6 +126,53 @@ pub struct SidecarArgs {
     pub process_name: Option<String>,
 }
 
+/// Flags of `lameduck prestop`.
+#[derive(Args, Debug)]
+pub struct PrestopArgs {
+    /// The `--listen` of the lameduck to call: its hook socket is named after the port.
+    #[arg(
+        long,
+        value_name = "ADDR",
+        default_value = "0.0.0.0:8099",
+        env = "LAMEDUCK_LISTEN"
+    )]
+    pub listen: SocketAddr,
+
+    #[command(flatten)]
+    pub socket: PrestopSocket,
+}
+
+/// The abstract Unix socket of the in-pod hook, the same flag on both ends.
+#[derive(Args, Debug, Clone)]
+pub struct PrestopSocket {
+    /// Name of the abstract Unix socket of `lameduck prestop` [default: lameduck-prestop-PORT,
+    /// PORT from --listen]; scoped to the pod's network namespace, so only the pod reaches it.
+    #[arg(
+        long = "prestop-socket",
+        value_name = "NAME",
+        env = "LAMEDUCK_PRESTOP_SOCKET",
+        value_parser = socket_name
+    )]
+    pub name: Option<String>,
+}
+
+impl PrestopSocket {
+    /// The socket's name, for endpoints listening on `port`.
+    pub fn resolve(&self, port: u16) -> String {
+        crate::settings::prestop_socket_name(self.name.as_deref(), port)
+    }
+}
+
+/// An abstract socket name (a leading `@` allowed): 1 to 107 bytes, the room in `sun_path`
+/// after its leading NUL.
+fn socket_name(text: &str) -> Result<String, String> {
+    let name = text.strip_prefix('@').unwrap_or(text);
+    if name.is_empty() || name.len() > 107 || name.contains('\0') {
+        return Err("the socket name must be 1 to 107 bytes without NUL".into());
+    }
+    Ok(name.to_owned())
+}
+
 /// Flags of the drain sequence.
 #[derive(Args, Debug)]
 pub struct DrainArgs {
@@ -194,6 +244,17 @@ pub struct DrainArgs {
         hide_env_values = true
     )]
     pub prestop_token: Option<Token>,
+
+    /// Let /prestop start a drain without a token: anyone who reaches the port can (logged at start).
+    #[arg(
+        long,
+        env = "LAMEDUCK_PRESTOP_INSECURE",
+        conflicts_with = "prestop_token"
+    )]
+    pub prestop_insecure: bool,
+
+    #[command(flatten)]
+    pub prestop_socket: PrestopSocket,
 }
 
 impl WrapArgs {
@@ -347,7 +408,12 @@ impl DrainArgs {
             stop_signal,
             readiness_during_delay: self.readiness_during_delay,
             kill_budget,
-            prestop_token: self.prestop_token.clone(),
+            http_prestop: match (&self.prestop_token, self.prestop_insecure) {
+                (Some(token), _) => HttpPrestop::Token(token.clone()),
+                (None, true) => HttpPrestop::Anyone,
+                (None, false) => HttpPrestop::Refused,
+            },
+            prestop_socket: self.prestop_socket.name.clone(),
             proxy: self.proxy.clone(),
             proxy_forwarded: self.proxy_forwarded,
             min_delay: self.min_delay,

@@ -1,6 +1,8 @@
-//! The HTTP endpoints (`/readyz`, `/livez`, `/prestop`, `/status`): a small hyper server that
-//! reads the supervisor's published snapshot and reports `/prestop` as an event. It never
-//! signals anything itself, and is bounded so that no client can slow the drain.
+//! The HTTP endpoints (`/readyz`, `/livez`, `/prestop`, `/status`, `/metrics`): a small hyper
+//! server that reads the supervisor's published snapshot and hands `/prestop` to the hooks.
+//! It never signals anything itself, and is bounded so that no client can slow the drain or
+//! break a held hook: `/prestop` refuses callers without credentials, and the connection cap
+//! never closes a connection whose hook is held.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -14,18 +16,18 @@ use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use subtle::ConstantTimeEq;
-use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
 use crate::exit::Fatal;
+use crate::hooks::Hooks;
 use crate::metrics::Metrics;
-use crate::phase::{Event, Phase};
-use crate::settings::DrainConfig;
+use crate::settings::{DrainConfig, HttpPrestop};
 use crate::status::Snapshot;
 
-/// At most this many connections are served at once; beyond it the oldest is closed, so abuse
-/// costs connections, not memory (each idle one holds a few KiB).
+/// At most this many connections are served at once, held hooks aside; beyond it the oldest is
+/// closed, so abuse costs connections, not memory (each idle one holds a few KiB).
 const MAX_CONNECTIONS: usize = 1024;
 /// A client must send each request head within this time, the first one and each one on a
 /// kept-alive connection alike: slow or idle clients cannot hold a slot for longer.
@@ -37,14 +39,10 @@ const MAX_HEAD_BYTES: usize = 8 * 1024;
 pub struct Endpoints {
     /// The supervisor's latest snapshot.
     pub status: watch::Receiver<Snapshot>,
-    /// Where `/prestop` reports the start of a drain.
-    pub events: mpsc::Sender<Event>,
-    /// The drain settings, for `/status` and the `/prestop` hold.
+    /// The drain settings, for `/status` and who may call `/prestop`.
     pub config: DrainConfig,
-    /// `/prestop` answers once the phase has reached this one.
-    pub prestop_until: Phase,
-    /// The longest `/prestop` holds its answer.
-    pub prestop_hold: Duration,
+    /// Where `/prestop` starts the drain and waits for its answer.
+    pub hooks: Hooks,
     /// The counters `/metrics` reports.
     pub metrics: Arc<Metrics>,
 }
@@ -79,10 +77,15 @@ pub async fn serve(listener: TcpListener, endpoints: Endpoints) {
         };
         let endpoints = Arc::clone(&endpoints);
         let task = tokio::spawn(async move {
+            let connection = Connection {
+                open: registration.open.clone(),
+                id,
+            };
             let _registration = registration;
             let service = hyper::service::service_fn(move |request| {
                 let endpoints = Arc::clone(&endpoints);
-                async move { Ok::<_, Infallible>(route(&endpoints, request).await) }
+                let connection = connection.clone();
+                async move { Ok::<_, Infallible>(route(&endpoints, &connection, request).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -96,7 +99,8 @@ pub async fn serve(listener: TcpListener, endpoints: Endpoints) {
     }
 }
 
-/// The connections being served, by age, so that the oldest can make room for a new one.
+/// The connections being served, by age, so that the oldest can make room for a new one. A
+/// connection that carries a hook leaves the map: nothing can close it to make room.
 #[derive(Clone, Default)]
 struct Open(Arc<Mutex<BTreeMap<u64, AbortHandle>>>);
 
@@ -124,6 +128,22 @@ impl Open {
     }
 }
 
+/// One connection's place in `Open`, as its requests see it.
+#[derive(Clone)]
+struct Connection {
+    open: Open,
+    id: u64,
+}
+
+impl Connection {
+    /// Takes the connection out of the cap's reach for the rest of its life: while its hook is
+    /// held, and after, so that the answer is written before anything may close it. After the
+    /// answer the header timeout still ends it once it idles.
+    fn exempt(&self) {
+        self.open.lock().remove(&self.id);
+    }
+}
+
 /// Removes a connection from `Open` when its task ends, however it ends.
 struct Registration {
     open: Open,
@@ -136,7 +156,11 @@ impl Drop for Registration {
     }
 }
 
-async fn route(endpoints: &Endpoints, request: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn route(
+    endpoints: &Endpoints,
+    connection: &Connection,
+    request: Request<Incoming>,
+) -> Response<Full<Bytes>> {
     let method = request.method();
     let readable = method == Method::GET || method == Method::HEAD;
     match request.uri().path() {
@@ -148,14 +172,26 @@ async fn route(endpoints: &Endpoints, request: Request<Incoming>) -> Response<Fu
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
             endpoints.metrics.render(&endpoints.status.borrow()),
         ),
-        "/prestop" if readable || method == Method::POST => {
-            if authorized(&endpoints.config, &request) {
-                prestop(endpoints).await
-            } else {
+        "/prestop" if readable || method == Method::POST => match &endpoints.config.http_prestop {
+            HttpPrestop::Refused => {
+                tracing::warn!(
+                    "refused an HTTP /prestop call: it needs --prestop-token (or --prestop-insecure); the in-pod hook is 'lameduck prestop'"
+                );
+                text(
+                    StatusCode::FORBIDDEN,
+                    "/prestop over HTTP is off: use the exec hook 'lameduck prestop', or start lameduck with --prestop-token\n",
+                )
+            }
+            HttpPrestop::Token(token) if !bearer_matches(&token.0, authorization(&request)) => {
                 tracing::warn!("refused a /prestop call without the right bearer token");
                 text(StatusCode::UNAUTHORIZED, "a bearer token is required\n")
             }
-        }
+            HttpPrestop::Token(_) | HttpPrestop::Anyone => {
+                connection.exempt();
+                let phase = endpoints.hooks.call("http").await;
+                text(StatusCode::OK, &format!("{}\n", phase.name()))
+            }
+        },
         "/readyz" | "/livez" | "/status" | "/metrics" | "/prestop" => {
             text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
         }
@@ -163,20 +199,15 @@ async fn route(endpoints: &Endpoints, request: Request<Incoming>) -> Response<Fu
     }
 }
 
-/// Whether `request` may start a drain: always without `--prestop-token`, otherwise only with
-/// `Authorization: Bearer <token>`, compared in constant time.
-fn authorized(config: &DrainConfig, request: &Request<Incoming>) -> bool {
-    let Some(token) = &config.prestop_token else {
-        return true;
-    };
-    let header = request
+/// The request's `Authorization` header, if any.
+fn authorization(request: &Request<Incoming>) -> Option<&[u8]> {
+    request
         .headers()
         .get(AUTHORIZATION)
-        .map(HeaderValue::as_bytes);
-    bearer_matches(&token.0, header)
+        .map(HeaderValue::as_bytes)
 }
 
-/// Whether an `Authorization` header value is `Bearer <token>`.
+/// Whether an `Authorization` header value is `Bearer <token>`, compared in constant time.
 fn bearer_matches(token: &str, header: Option<&[u8]>) -> bool {
     match header.and_then(|value| value.strip_prefix(b"Bearer ")) {
         Some(given) => bool::from(given.ct_eq(token.as_bytes())),
@@ -193,17 +224,6 @@ fn readyz(snapshot: &Snapshot) -> Response<Full<Bytes>> {
             &format!("{}\n", snapshot.phase.name()),
         )
     }
-}
-
-/// Starts the drain (a repeated call is harmless) and answers once the phase has reached
-/// `prestop_until`, or after `prestop_hold` at the latest.
-async fn prestop(endpoints: &Endpoints) -> Response<Full<Bytes>> {
-    let _ = endpoints.events.send(Event::PreStop).await;
-    let mut status = endpoints.status.clone();
-    let reached = status.wait_for(|snapshot| snapshot.phase >= endpoints.prestop_until);
-    let _ = tokio::time::timeout(endpoints.prestop_hold, reached).await;
-    let phase = status.borrow().phase;
-    text(StatusCode::OK, &format!("{}\n", phase.name()))
 }
 
 fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
@@ -231,14 +251,27 @@ pub fn bind(config: &DrainConfig) -> Result<TcpListener, Fatal> {
 
 /// Logs where the endpoints listen, and who can start a drain; returns the port.
 pub fn announce(listener: &TcpListener, config: &DrainConfig) -> u16 {
-    let Ok(addr) = listener.local_addr() else {
-        return config.listen.port();
-    };
+    let addr = listener.local_addr().unwrap_or(config.listen);
     tracing::info!(%addr, "endpoints listening");
-    if config.prestop_token.is_none() {
-        tracing::warn!(%addr, "/prestop has no --prestop-token: anyone who can reach this address can start a drain");
+    match config.http_prestop {
+        HttpPrestop::Anyone => {
+            tracing::warn!(%addr, "--prestop-insecure: anyone who can reach this address can start a drain")
+        }
+        HttpPrestop::Refused => tracing::info!(
+            "HTTP /prestop refuses calls (no --prestop-token); the hook is 'lameduck prestop'"
+        ),
+        HttpPrestop::Token(_) => {}
     }
     addr.port()
+}
+
+/// Binds the in-pod hook's socket, named after the endpoints' `port` unless
+/// `--prestop-socket` names it; a taken name is a configuration error.
+pub fn bind_prestop(config: &DrainConfig, port: u16) -> Result<UnixListener, Fatal> {
+    let name = config.prestop_socket(port);
+    let listener = crate::prestop::bind(&name).map_err(Fatal::usage)?;
+    tracing::info!(socket = %format!("@{name}"), "preStop hook socket listening (exec: lameduck prestop)");
+    Ok(listener)
 }
 
 #[cfg(test)]

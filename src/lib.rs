@@ -11,7 +11,8 @@
 //!   wrapper, `sidecar` for the sidecar; `timers`, `traffic` and `readiness` feed it events.
 //! - `child`, `reaper` and `target` own the app's process: spawning, `waitpid`, signalling.
 //! - `http`, `status` and `metrics` publish the phase on `/readyz`, `/livez`, `/status`,
-//!   `/metrics` and take `/prestop`.
+//!   `/metrics` and take `/prestop`; `prestop` is the in-pod hook (its socket and the
+//!   `lameduck prestop` client); `hooks` holds every hook call until its answer.
 //! - `net` opens every listener; `proxy` forwards the pod's traffic to the app and closes its
 //!   connections gracefully during the drain (`--proxy`).
 //! - `install` copies the binary into an init container's volume; `logging` sets up tracing.
@@ -23,12 +24,14 @@ pub mod child;
 pub mod cli;
 pub mod duration;
 pub mod exit;
+pub mod hooks;
 pub mod http;
 pub mod install;
 pub mod logging;
 pub mod metrics;
 pub mod net;
 pub mod phase;
+pub mod prestop;
 pub mod proxy;
 pub mod readiness;
 pub mod reaper;

@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, watch};
 
 use lameduck::cli::{self, Mode, WrapArgs};
 use lameduck::exit::{EXIT_USAGE, Fatal, say};
+use lameduck::hooks::{HeldCount, Hooks};
 use lameduck::metrics::Metrics;
 use lameduck::phase::Phase;
 use lameduck::proxy::Proxy;
@@ -24,6 +25,7 @@ fn main() {
     let cli = cli::parse();
     let ended = match cli.mode {
         Some(Mode::Install { dir }) => Ok(lameduck::install::run(&dir)),
+        Some(Mode::Prestop(args)) => Ok(lameduck::prestop::run(args)),
         Some(Mode::Lint { .. }) => Ok(lint_moved()),
         Some(Mode::Sidecar(args)) => lameduck::sidecar::run(args),
         None => wrap(cli.wrap),
@@ -54,6 +56,7 @@ fn wrap(args: WrapArgs) -> Result<i32, Fatal> {
         let listener = lameduck::http::bind(&config)?;
         let listen_port = lameduck::http::announce(&listener, &config);
         let proxy = Proxy::start(&config.proxy, config.proxy_forwarded).map_err(Fatal::usage)?;
+        let hook_socket = lameduck::http::bind_prestop(&config, listen_port)?;
         let open_files = lameduck::child::raise_open_files();
         let app = lameduck::child::spawn(&args.command, args.group, open_files, ignored)?;
         tracing::info!(pid = app.pid.as_raw(), pid1, "started the app");
@@ -63,14 +66,21 @@ fn wrap(args: WrapArgs) -> Result<i32, Fatal> {
         snapshot.proxy = proxy.as_ref().map(Proxy::tally);
         let (status_tx, status_rx) = watch::channel(snapshot);
         let metrics = Arc::new(Metrics::default());
+        let hooks = Hooks {
+            status: status_rx.clone(),
+            events: events_tx.clone(),
+            until: Phase::Stopping,
+            hold: config.shutdown_delay + Duration::from_secs(1),
+            held: HeldCount::default(),
+        };
+        let held_hooks = hooks.held.clone();
+        tokio::spawn(lameduck::prestop::serve(hook_socket, hooks.clone()));
         tokio::spawn(lameduck::http::serve(
             listener,
             lameduck::http::Endpoints {
                 status: status_rx,
-                events: events_tx.clone(),
                 config: config.clone(),
-                prestop_until: Phase::Stopping,
-                prestop_hold: config.shutdown_delay + Duration::from_secs(1),
+                hooks,
                 metrics: Arc::clone(&metrics),
             },
         ));
@@ -96,6 +106,7 @@ fn wrap(args: WrapArgs) -> Result<i32, Fatal> {
             listen_port,
             ready_at_start,
             proxy,
+            held_hooks,
         };
         Ok(supervisor.run(signals, events_rx).await)
     })

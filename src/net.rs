@@ -5,9 +5,10 @@ use std::net::SocketAddr;
 
 use tokio::net::{TcpListener, TcpSocket};
 
-/// How many connections may wait to be accepted: a probe burst must not overflow the queue
-/// (the default of 128 costs an overflowing client a 1s SYN retry).
-const LISTEN_BACKLOG: u32 = 1024;
+/// How many connections may wait to be accepted: neither a probe burst nor a flood of
+/// connections may overflow the queue, since an overflowing client (a probe among them) waits
+/// a 1s SYN retry. The kernel caps it at net.core.somaxconn.
+const LISTEN_BACKLOG: u32 = 4096;
 
 /// A listening socket on `addr`.
 pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {

@@ -69,8 +69,10 @@ pub struct DrainConfig {
     /// lameduck kills what is left, whatever the drain timeout says, a fixed margin before the
     /// kubelet's SIGKILL.
     pub kill_budget: Option<Duration>,
-    /// The bearer token /prestop demands, if any.
-    pub prestop_token: Option<Token>,
+    /// Who may start a drain over HTTP `/prestop`.
+    pub http_prestop: HttpPrestop,
+    /// The in-pod hook's socket name from `--prestop-socket`; without it, named after the port.
+    pub prestop_socket: Option<String>,
     /// The drain proxy's routes (none without `--proxy`).
     pub proxy: Vec<Route>,
     /// The header the proxy passes the client's address in.
@@ -123,6 +125,30 @@ pub enum Forwarded {
     XForwardedFor,
     /// `Forwarded: for=CLIENT` (RFC 7239, appended to one the client sent).
     Forwarded,
+}
+
+impl DrainConfig {
+    /// The in-pod hook's socket name, for endpoints bound to `port`.
+    pub fn prestop_socket(&self, port: u16) -> String {
+        prestop_socket_name(self.prestop_socket.as_deref(), port)
+    }
+}
+
+/// The hook socket's name: as given, or `lameduck-prestop-PORT` after the endpoints' port, so
+/// that each lameduck of a network namespace has its own.
+pub fn prestop_socket_name(given: Option<&str>, port: u16) -> String {
+    given.map_or_else(|| format!("lameduck-prestop-{port}"), str::to_owned)
+}
+
+/// Who may start a drain through HTTP `/prestop`.
+#[derive(Clone, Debug)]
+pub enum HttpPrestop {
+    /// Nobody: the call is refused (the in-pod hook is the way), the default.
+    Refused,
+    /// Callers sending `Authorization: Bearer <token>`.
+    Token(Token),
+    /// Anyone who reaches the port (`--prestop-insecure`).
+    Anyone,
 }
 
 /// Where and how to ask the app whether it is ready.

@@ -14,6 +14,7 @@ use tokio::time::Instant;
 
 use crate::cli::SidecarArgs;
 use crate::exit::Fatal;
+use crate::hooks::{HeldCount, Hooks};
 use crate::logging;
 use crate::metrics::Metrics;
 use crate::phase::{self, Action, Event, Phase};
@@ -63,7 +64,8 @@ pub fn run(args: SidecarArgs) -> Result<i32, Fatal> {
             .map_err(|err| Fatal::failed(format!("cannot install signal handlers: {err}")))?;
         crate::child::raise_open_files();
         let listener = crate::http::bind(&config)?;
-        crate::http::announce(&listener, &config);
+        let listen_port = crate::http::announce(&listener, &config);
+        let hook_socket = crate::http::bind_prestop(&config, listen_port)?;
         let proxy = Proxy::start(&config.proxy, config.proxy_forwarded).map_err(Fatal::usage)?;
         let mode = if selector.is_some() {
             "sidecar"
@@ -75,18 +77,24 @@ pub fn run(args: SidecarArgs) -> Result<i32, Fatal> {
         snapshot.proxy = proxy.as_ref().map(Proxy::tally);
         let (status_tx, status_rx) = watch::channel(snapshot);
         let metrics = Arc::new(Metrics::default());
+        let hooks = Hooks {
+            status: status_rx.clone(),
+            events: events_tx,
+            until: if selector.is_some() {
+                Phase::Exited
+            } else {
+                Phase::Stopping
+            },
+            hold: config.shutdown_delay + config.drain_timeout + Duration::from_secs(1),
+            held: HeldCount::default(),
+        };
+        tokio::spawn(crate::prestop::serve(hook_socket, hooks.clone()));
         tokio::spawn(crate::http::serve(
             listener,
             crate::http::Endpoints {
                 status: status_rx,
-                events: events_tx,
                 config: config.clone(),
-                prestop_until: if selector.is_some() {
-                    Phase::Exited
-                } else {
-                    Phase::Stopping
-                },
-                prestop_hold: config.shutdown_delay + config.drain_timeout + Duration::from_secs(1),
+                hooks,
                 metrics: Arc::clone(&metrics),
             },
         ));
@@ -180,10 +188,10 @@ impl Sidecar {
                     self.begin_drain();
                     status::delay_started(&self.status, &self.config);
                 }
-                Some(Action::SendStopSignal) => self.send_stop_signal(),
+                Some(Action::SendStopSignal | Action::CutDelay(_)) => self.send_stop_signal(),
                 Some(Action::KillAll) => self.kill(),
                 Some(Action::Absorbed) => tracing::info!("drain already under way"),
-                Some(Action::Forward(_)) | Some(Action::Exit(_)) | None => {}
+                Some(Action::Forward(_) | Action::Exit(_) | Action::KeepDelay) | None => {}
             }
             if exit_when_done && self.drained(phase) {
                 tracing::info!("drain finished; exiting");

@@ -14,8 +14,9 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::child::App;
+use crate::hooks::HeldCount;
 use crate::metrics::Metrics;
-use crate::phase::{self, Action, Event, Phase};
+use crate::phase::{self, Action, Event, Hook, Phase};
 use crate::proxy::{self, Proxy};
 use crate::reaper;
 use crate::settings::{DrainConfig, QuietConfig};
@@ -51,6 +52,8 @@ pub struct Supervisor {
     pub ready_at_start: bool,
     /// The drain proxy, with `--proxy`.
     pub proxy: Option<Proxy>,
+    /// The preStop hook calls waiting for their answer.
+    pub held_hooks: HeldCount,
 }
 
 impl Supervisor {
@@ -79,11 +82,16 @@ impl Supervisor {
         let mut due: Option<Event> = None;
         // Phase changes whose log lines wait until no action is due.
         let mut unlogged: Vec<(Event, Phase)> = Vec::new();
+        // Whether a preStop hook started the drain, which decides what a shutdown signal means.
+        let mut started_by_hook = false;
         let code = loop {
             let event = match due.take() {
                 Some(event) => event,
                 None => tokio::select! {
                     origin = next_signal(&mut signals) => match self.signal_event(origin) {
+                        Some(Event::Shutdown(signal, _)) => {
+                            Event::Shutdown(signal, self.held_hooks.at_signal(started_by_hook).await)
+                        }
                         Some(event) => event,
                         None => continue,
                     },
@@ -119,6 +127,9 @@ impl Supervisor {
                     .send_modify(|snapshot| snapshot.app_ready = ready);
             }
             let (next, action) = phase::step(phase, event);
+            if action == Some(Action::StartDelay) {
+                started_by_hook = event == Event::PreStop;
+            }
             let changed = next != phase;
             if changed {
                 status::enter(&self.status, &self.config, next);
@@ -148,6 +159,7 @@ impl Supervisor {
             }
         };
         self.clear_leftovers(&mut signals).await;
+        self.held_hooks.settle().await;
         code
     }
 
@@ -195,7 +207,7 @@ impl Supervisor {
         }
         tracing::debug!(signal = %short_name(signal), from = ?origin.process.map(|p| p.pid), "received signal");
         if signals::starts_drain(signal, self.config.stop_signal) {
-            Some(Event::Shutdown(signal))
+            Some(Event::Shutdown(signal, Hook::NotCalled))
         } else {
             Some(Event::Signal(signal))
         }
@@ -295,6 +307,19 @@ impl Supervisor {
                 timers.start_delay(&self.config);
                 self.begin_drain();
                 status::delay_started(&self.status, &self.config);
+            }
+            Action::CutDelay(cut) => {
+                tracing::info!("{}", cut.describe());
+                self.perform(Action::SendStopSignal, timers);
+            }
+            Action::KeepDelay => {
+                let left = timers
+                    .delay_ends
+                    .map(|ends| ends.saturating_duration_since(Instant::now()));
+                tracing::info!(
+                    delay_left_ms = left.unwrap_or_default().as_millis() as u64,
+                    "shutdown signal after the preStop hook that started the drain broke: the shutdown delay runs to its end"
+                );
             }
             Action::SendStopSignal => {
                 let left = timers.start_drain_timeout(&self.config);

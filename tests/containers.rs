@@ -1,10 +1,11 @@
 //! Real images in real containers, run the way the kubelet runs a pod: the three shapes of
 //! examples/ (the wrapper image, stock nginx with the lameduck native sidecar, and the
-//! init-container install), each deleted under load behind real HAProxy beside a backend that
-//! stays up, with not one request failing; the seed's plain nginx Deployment after
-//! `kubectl lameduck inject`, in each shape, deleted the same way; `docker stop` on the
-//! wrapper image, which must end cleanly inside its default 10s; and the scratch image itself.
-//! Needs Docker: without it these tests fail, they do not skip.
+//! init-container install), each with the in-pod hook `lameduck prestop` as an exec preStop
+//! hook, each deleted under load behind real HAProxy beside a backend that stays up, with not
+//! one request failing; the seed's plain nginx Deployment after `kubectl lameduck inject`, in
+//! each shape, deleted the same way; `docker stop` on the wrapper image, which must end cleanly
+//! inside its default 10s; and the scratch image itself. Needs Docker: without it these tests
+//! fail, they do not skip.
 
 mod common;
 
@@ -57,7 +58,7 @@ fn wrapper_image_pod_is_deleted_under_load_without_failing_a_request() {
             ContainerSpec::new("nginx", &images.wrapper)
                 .command(&command)
                 .args(&["nginx", "-g", "daemon off;"])
-                .pre_stop_http_get(LAMEDUCK, "/prestop"),
+                .pre_stop_exec(&["/lameduck", "prestop"]),
         )
         .start();
 
@@ -80,6 +81,12 @@ fn sidecar_pod_with_stock_nginx_is_deleted_under_load_without_failing_a_request(
         .port(HTTP)
         .port(LAMEDUCK)
         .share_process_namespace()
+        // nginx's image has no lameduck: its hook runs the copy this init container installs.
+        .init_container(
+            ContainerSpec::new("install-lameduck", &images.lameduck)
+                .command(&["/lameduck", "install", "/shared"])
+                .empty_dir("lameduck", "/shared", false),
+        )
         .sidecar(
             ContainerSpec::new("lameduck", &images.lameduck)
                 .command(&sidecar)
@@ -90,7 +97,8 @@ fn sidecar_pod_with_stock_nginx_is_deleted_under_load_without_failing_a_request(
             ContainerSpec::new("nginx", &images.nginx)
                 .empty_dir("nginx-run", "/run/nginx", false)
                 .config_file("/etc/nginx/nginx.conf", SIDECAR_NGINX_CONF)
-                .pre_stop_http_get(LAMEDUCK, "/prestop"),
+                .empty_dir("lameduck", "/shared", true)
+                .pre_stop_exec(&["/shared/lameduck", "prestop"]),
         )
         .start();
 
@@ -100,7 +108,7 @@ fn sidecar_pod_with_stock_nginx_is_deleted_under_load_without_failing_a_request(
     let nginx = termination.container("nginx");
     let lameduck = termination.container("lameduck");
     let hook = nginx.hook.as_ref().expect("nginx has a preStop hook");
-    assert_eq!(hook.outcome, Ok(200), "{context}");
+    assert_eq!(hook.outcome, Ok(0), "{context}");
     assert!(hook.took >= DELAY, "the hook held for the delay: {context}");
     // The sidecar answers once nginx has exited; docker notices a moment later.
     assert!(
@@ -147,7 +155,7 @@ fn init_install_pod_with_stock_nginx_is_deleted_under_load_without_failing_a_req
                 .command(&command)
                 .args(&["nginx", "-g", "daemon off;"])
                 .empty_dir("lameduck", "/shared", true)
-                .pre_stop_http_get(LAMEDUCK, "/prestop"),
+                .pre_stop_exec(&["/shared/lameduck", "prestop"]),
         )
         .start();
 
@@ -383,14 +391,14 @@ fn delete_under_load(test: &str, ip: Ipv4Addr, pod: &Pod) -> Termination {
     termination
 }
 
-/// The wrapper and init-install shapes: lameduck is nginx's PID 1, its /prestop held the
-/// kubelet's hook for the shutdown delay and sent nginx QUIT, and nginx finished in-flight
+/// The wrapper and init-install shapes: lameduck is nginx's PID 1, `lameduck prestop` run in
+/// the container held the kubelet's exec hook for the shutdown delay and sent nginx QUIT, and nginx finished in-flight
 /// requests and exited 0 soon after, well inside the grace period.
 fn assert_drained_inside_the_hook(termination: &Termination, name: &str) {
     let context = termination.summary();
     let container = termination.container(name);
     let hook = container.hook.as_ref().expect("a preStop hook");
-    assert_eq!(hook.outcome, Ok(200), "{context}");
+    assert_eq!(hook.outcome, Ok(0), "{context}");
     assert!(hook.took >= DELAY, "the hook held for the delay: {context}");
     assert_clean_exit(container, &context);
     let took = container.exited - termination.began;

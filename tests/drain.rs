@@ -1,12 +1,17 @@
-//! The drain sequence as the README tells it: SIGTERM or /prestop fails readiness at once
+//! The drain sequence as the README tells it: SIGTERM or a preStop hook fails readiness at once
 //! while the app keeps serving, the app gets its stop signal only after the shutdown delay,
-//! and anything still running at the drain timeout is killed.
+//! and anything still running at the drain timeout is killed. A SIGTERM during the delay is
+//! read by what started the drain: after a broken hook it leaves the delay alone, with the hook
+//! still held it sends the stop signal at once, in a drain a signal started it skips the delay.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Lameduck, Mode, fixture, get, http, process_state, wait_until};
+use std::io::Write;
+use std::net::TcpStream;
+
+use common::{Lameduck, Mode, fixture, get, http, prestop_exec, process_state, wait_until};
 use nix::sys::signal::Signal;
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -75,15 +80,18 @@ fn prestop_holds_for_the_delay_then_sigterm_needs_no_second_delay(mode: Mode) {
         &["--stop-signal", "QUIT", "--shutdown-delay", "1s"],
         &[],
     );
-    let addr = run.ready_addr();
+    run.ready_addr();
 
     let called = Instant::now();
-    let (status, _) = get(addr, "/prestop");
-    let held = called.elapsed();
-    assert_eq!(status, 200);
+    let (output, held) = prestop_exec(&run.hook_socket());
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "lameduck prestop: lameduck answered: stopping\n"
+    );
     assert!(
         held >= SECOND,
-        "/prestop answered after {held:?}, before the delay"
+        "lameduck prestop answered after {held:?}, before the delay"
     );
     // As the kubelet does: SIGTERM right after the hook returns.
     run.signal(Signal::SIGTERM);
@@ -99,14 +107,23 @@ fn prestop_holds_for_the_delay_then_sigterm_needs_no_second_delay(mode: Mode) {
 fn repeated_prestop_calls_start_one_drain(mode: Mode) {
     let mut run = start_signals_app(
         mode,
-        &["--stop-signal", "QUIT", "--shutdown-delay", "1s"],
+        &[
+            "--stop-signal",
+            "QUIT",
+            "--shutdown-delay",
+            "1s",
+            "--prestop-insecure",
+        ],
         &[],
     );
     let addr = run.ready_addr();
+    let socket = run.hook_socket();
     let first = std::thread::spawn(move || http(addr, "POST", "/prestop").0);
     let second = std::thread::spawn(move || get(addr, "/prestop").0);
+    let third = std::thread::spawn(move || prestop_exec(&socket).0.status.code());
     assert_eq!(first.join().expect("first hook"), 200);
     assert_eq!(second.join().expect("second hook"), 200);
+    assert_eq!(third.join().expect("third hook"), Some(0));
     assert_eq!(run.wait_exit(5 * SECOND), 0);
     assert_eq!(run.stdout.count("QUIT"), 1, "{:#?}", run.stdout.all());
 }
@@ -121,6 +138,67 @@ fn a_second_sigterm_skips_the_rest_of_the_delay(mode: Mode) {
     run.expect_exact("TERM");
     assert!(second.elapsed() < 5 * SECOND);
     assert_eq!(run.wait_exit(5 * SECOND), 0);
+    assert!(
+        run.stderr
+            .contains("a second shutdown signal in a drain a signal started"),
+        "{:#?}",
+        run.stderr.all()
+    );
+}
+
+/// Starts a drain with an HTTP `/prestop` call whose connection stays open, as the kubelet's
+/// hook client holds it; returns the connection once readiness fails.
+fn hold_a_hook(run: &Lameduck) -> TcpStream {
+    let addr = run.ready_addr();
+    let mut hook = TcpStream::connect(addr).expect("connect");
+    hook.write_all(
+        b"GET /prestop HTTP/1.1\r\nHost: pod\r\nUser-Agent: kube-lifecycle/1.32\r\n\r\n",
+    )
+    .expect("send the hook");
+    assert!(
+        wait_until(5 * SECOND, || get(addr, "/readyz").0 == 503),
+        "the hook started no drain: {:#?}",
+        run.stderr.all()
+    );
+    hook
+}
+
+fn a_sigterm_after_a_broken_hook_leaves_the_delay_to_run_out(mode: Mode) {
+    let mut run = start_signals_app(mode, &["--shutdown-delay", "2s", "--prestop-insecure"], &[]);
+    let began = Instant::now();
+    let hook = hold_a_hook(&run);
+    drop(hook);
+    // As the kubelet does after a failed hook: SIGTERM at once.
+    run.signal(Signal::SIGTERM);
+    run.expect_exact("TERM");
+    let stopped = began.elapsed();
+    assert!(
+        stopped >= 2 * SECOND,
+        "the stop signal came {stopped:?} after the hook, before the delay: {:#?}",
+        run.stderr.all()
+    );
+    assert_eq!(run.wait_exit(5 * SECOND), 0);
+    assert!(
+        run.stderr
+            .contains("after the preStop hook that started the drain broke"),
+        "{:#?}",
+        run.stderr.all()
+    );
+}
+
+fn a_sigterm_while_the_hook_is_held_sends_the_stop_signal_at_once(mode: Mode) {
+    let mut run = start_signals_app(mode, &["--shutdown-delay", "1m", "--prestop-insecure"], &[]);
+    let _hook = hold_a_hook(&run);
+    let sent = Instant::now();
+    run.signal(Signal::SIGTERM);
+    run.expect_exact("TERM");
+    assert!(sent.elapsed() < 5 * SECOND, "{:?}", sent.elapsed());
+    assert_eq!(run.wait_exit(5 * SECOND), 0);
+    assert!(
+        run.stderr.contains("the kubelet gave up on it"),
+        "{:#?}",
+        run.stderr.all()
+    );
 }
 
 fn an_app_that_ignores_its_stop_signal_is_killed_at_the_drain_timeout(mode: Mode) {
@@ -225,6 +303,8 @@ both_modes!(
     sigterm_fails_readiness_at_once_and_stops_the_app_after_the_delay,
     prestop_holds_for_the_delay_then_sigterm_needs_no_second_delay,
     repeated_prestop_calls_start_one_drain,
+    a_sigterm_after_a_broken_hook_leaves_the_delay_to_run_out,
+    a_sigterm_while_the_hook_is_held_sends_the_stop_signal_at_once,
     a_second_sigterm_skips_the_rest_of_the_delay,
     an_app_that_ignores_its_stop_signal_is_killed_at_the_drain_timeout,
     ready_check_keeps_readiness_failing_until_the_app_listens,

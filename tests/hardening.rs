@@ -61,11 +61,44 @@ fn prestop_without_the_token_is_refused_and_starts_nothing() {
 }
 
 #[test]
-fn without_a_token_the_log_says_who_can_start_a_drain() {
-    let run = signals_app(Mode::Subreaper, &[]);
+fn with_default_flags_http_prestop_is_refused_and_starts_nothing() {
+    let mut run = signals_app(Mode::Subreaper, &["--shutdown-delay", "300ms"]);
+    let addr = run.ready_addr();
+    for method in ["GET", "POST"] {
+        let (status, body) = http_with(addr, method, "/prestop", &[], 5 * SECOND);
+        assert_eq!(status, 403, "{method}");
+        assert!(body.contains("lameduck prestop"), "{body:?}");
+    }
+    let (status, _) = http_with(
+        addr,
+        "GET",
+        "/prestop",
+        &[("Authorization", "Bearer anything")],
+        5 * SECOND,
+    );
+    assert_eq!(status, 403, "no token configured means no token accepted");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        get(addr, "/readyz").0,
+        200,
+        "a refused call starts no drain"
+    );
+    assert!(run.running(), "{:#?}", run.stderr.all());
+    assert!(!run.stdout.contains("TERM"), "the app was never signalled");
+}
+
+#[test]
+fn prestop_insecure_lets_anyone_start_a_drain_and_says_so_at_start() {
+    let mut run = signals_app(
+        Mode::Subreaper,
+        &["--prestop-insecure", "--shutdown-delay", "300ms"],
+    );
+    let addr = run.ready_addr();
     assert!(wait_until(5 * SECOND, || run.stderr.contains(
         "anyone who can reach this address can start a drain"
     )));
+    assert_eq!(get(addr, "/prestop").0, 200);
+    assert_eq!(run.wait_exit(5 * SECOND), 0);
 }
 
 #[test]
@@ -157,6 +190,118 @@ fn at_the_connection_cap_the_oldest_connection_makes_room_for_a_probe() {
         Err(err) if err.kind() == std::io::ErrorKind::ConnectionReset => {}
         other => panic!("the oldest idle connection is still open: {other:?}"),
     }
+}
+
+/// The latency at quantile `q` of `sorted`.
+fn quantile(sorted: &[Duration], q: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+#[test]
+fn ten_thousand_connections_during_a_held_hook_neither_break_it_nor_keep_probes_out() {
+    use common::kubelet::http_get;
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    const HOSTILE: usize = 10_000;
+    const DELAY: Duration = Duration::from_secs(6);
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
+    assert!(
+        hard > HOSTILE as u64 + 1000,
+        "RLIMIT_NOFILE hard limit {hard} is too low"
+    );
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).expect("room for the sockets in the test");
+    let mut run = signals_app(
+        Mode::Pid1,
+        &["--shutdown-delay", "6s", "--prestop-token", "s3cret"],
+    );
+    let addr = run.ready_addr();
+    let socket = run.hook_socket();
+
+    let began = Instant::now();
+    let mut hook = TcpStream::connect(addr).expect("connect the hook");
+    hook.write_all(
+        b"GET /prestop HTTP/1.1\r\nHost: pod\r\nUser-Agent: kube-lifecycle/1.32\r\n\
+          Authorization: Bearer s3cret\r\n\r\n",
+    )
+    .expect("send the hook");
+    let http_hook = std::thread::spawn(move || {
+        hook.set_read_timeout(Some(10 * SECOND)).expect("timeout");
+        let mut answer = [0u8; 512];
+        let read = hook.read(&mut answer).unwrap_or(0);
+        (
+            began.elapsed(),
+            String::from_utf8_lossy(&answer[..read]).into_owned(),
+        )
+    });
+    let exec_hook = std::thread::spawn(move || common::prestop_exec(&socket));
+    assert!(wait_until(5 * SECOND, || get(addr, "/readyz").0 == 503));
+
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let probing = std::sync::Arc::clone(&done);
+    let probes = std::thread::spawn(move || {
+        let mut answers = Vec::new();
+        while !probing.load(std::sync::atomic::Ordering::SeqCst) && answers.len() < 2000 {
+            let sent = Instant::now();
+            // A probe with the kubelet's default 1s timeout.
+            answers.push((http_get(addr, "/readyz", SECOND), sent.elapsed()));
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        answers
+    });
+    // Four openers, each bounded in count and in time: all within the delay.
+    let openers: Vec<_> = (0..4)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut streams = Vec::with_capacity(HOSTILE / 4);
+                while streams.len() < HOSTILE / 4 && began.elapsed() < DELAY {
+                    if let Ok(mut stream) = TcpStream::connect(addr) {
+                        let _ = stream.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\n");
+                        streams.push(stream);
+                    }
+                }
+                streams
+            })
+        })
+        .collect();
+    let hostile: Vec<TcpStream> = openers
+        .into_iter()
+        .flat_map(|opener| opener.join().expect("opener"))
+        .collect();
+    let opened = hostile.len();
+    let (http_took, http_answer) = http_hook.join().expect("http hook");
+    let (exec_output, exec_took) = exec_hook.join().expect("exec hook");
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let answers = probes.join().expect("probes");
+    drop(hostile);
+
+    assert_eq!(opened, HOSTILE, "the test opened only {opened} connections");
+    assert!(
+        http_answer.starts_with("HTTP/1.1 200") && http_answer.ends_with("stopping\n"),
+        "the held HTTP hook got {http_answer:?} after {http_took:?}"
+    );
+    assert!(
+        http_took >= DELAY,
+        "the HTTP hook answered after {http_took:?}"
+    );
+    assert_eq!(exec_output.status.code(), Some(0), "{exec_output:?}");
+    assert!(exec_took >= DELAY - SECOND, "{exec_took:?}");
+    let failed: Vec<_> = answers.iter().filter(|(a, _)| a.is_err()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} probes got no answer: {failed:?}",
+        failed.len(),
+        answers.len()
+    );
+    let mut latencies: Vec<Duration> = answers.iter().map(|(_, took)| *took).collect();
+    latencies.sort();
+    println!(
+        "{opened} hostile connections: {} probes, p50 {:?}, p99 {:?}, max {:?}; HTTP hook answered after {http_took:?}, exec hook after {exec_took:?} (delay {DELAY:?})",
+        latencies.len(),
+        quantile(&latencies, 0.5),
+        quantile(&latencies, 0.99),
+        latencies[latencies.len() - 1],
+    );
+    run.signal(Signal::SIGTERM);
+    assert_eq!(run.wait_exit(10 * SECOND), 0);
 }
 
 #[test]

@@ -46,6 +46,7 @@ fn readme_documents_every_flag_of_every_mode() {
     let modes: [(&std::path::Path, &[&str]); 6] = [
         (&lameduck, &[]),
         (&lameduck, &["sidecar"]),
+        (&lameduck, &["prestop"]),
         (&lameduck, &["install"]),
         (&plugin, &["lint"]),
         (&plugin, &["inject"]),

@@ -1,5 +1,5 @@
-//! `lameduck sidecar` next to a real, unmodified nginx: its /prestop drains nginx inside the
-//! hook (readiness fails, the delay passes, nginx gets QUIT, the answer comes once nginx has
+//! `lameduck sidecar` next to a real, unmodified nginx: its preStop hook (`lameduck prestop` in
+//! the app's container, or `/prestop` with a token) drains nginx inside the hook (readiness fails, the delay passes, nginx gets QUIT, the answer comes once nginx has
 //! exited), it finds nginx by pid file or by name, and never signals anything but its target.
 
 mod common;
@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::nginx::{Nginx, free_addr};
-use common::{Lameduck, Mode, fixture, get, wait_until};
+use common::{Lameduck, Mode, fixture, get, http_with, prestop_exec, wait_until};
 use nix::sys::signal::Signal;
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -34,7 +34,8 @@ fn prestop_drains_nginx_and_answers_once_it_has_exited() {
     );
 
     let called = Instant::now();
-    let hook = std::thread::spawn(move || get(addr, "/prestop"));
+    let socket = sidecar.hook_socket();
+    let hook = std::thread::spawn(move || prestop_exec(&socket).0);
     assert!(
         wait_until(SECOND, || get(addr, "/readyz").0 == 503),
         "readiness fails during the hook"
@@ -44,8 +45,12 @@ fn prestop_drains_nginx_and_answers_once_it_has_exited() {
         200,
         "nginx keeps serving during the delay"
     );
-    let (status, body) = hook.join().expect("hook");
-    assert_eq!((status, body.as_str()), (200, "exited\n"));
+    let output = hook.join().expect("hook");
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "lameduck prestop: lameduck answered: exited\n"
+    );
     assert!(called.elapsed() >= SECOND, "the hook held for the delay");
     assert!(
         wait_until(2 * SECOND, || nginx.exit_code().is_some()),
@@ -70,7 +75,7 @@ fn finds_nginx_by_name_in_a_shared_pid_namespace() {
         .join(" ");
     let lameduck = common::lameduck().display().to_string();
     let script = format!(
-        "{nginx} & {lameduck} sidecar --listen 127.0.0.1:0 --process-name nginx --stop-signal QUIT --shutdown-delay 500ms & wait"
+        "{nginx} & {lameduck} sidecar --listen 127.0.0.1:0 --prestop-token s3cret --process-name nginx --stop-signal QUIT --shutdown-delay 500ms & wait"
     );
     let mut pod = std::process::Command::new("unshare")
         .args([
@@ -94,7 +99,13 @@ fn finds_nginx_by_name_in_a_shared_pid_namespace() {
         stderr.all()
     );
     assert!(stderr.contains("found the app"), "{:#?}", stderr.all());
-    let (status, _) = get(addr, "/prestop");
+    let (status, _) = http_with(
+        addr,
+        "GET",
+        "/prestop",
+        &[("Authorization", "Bearer s3cret")],
+        10 * SECOND,
+    );
     assert_eq!(status, 200);
     assert!(
         wait_until(2 * SECOND, || std::net::TcpStream::connect(nginx_conf.addr)
@@ -180,9 +191,9 @@ fn an_app_that_ignores_its_stop_signal_is_killed_at_the_drain_timeout() {
             "1s",
         ],
     );
-    let addr = sidecar.ready_addr();
-    let (status, body) = get(addr, "/prestop");
-    assert_eq!((status, body.as_str()), (200, "exited\n"));
+    sidecar.ready_addr();
+    let (output, _) = prestop_exec(&sidecar.hook_socket());
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
     let mut code = None;
     assert!(wait_until(2 * SECOND, || {
         code = app.try_wait().expect("try_wait");
@@ -211,9 +222,9 @@ fn without_a_target_it_only_waits_out_the_delay_and_says_so() {
     );
     let status: serde_json::Value = serde_json::from_str(&get(addr, "/status").1).expect("json");
     assert_eq!(status["mode"], "sidecar (delay only)");
-    let called = Instant::now();
-    assert_eq!(get(addr, "/prestop").0, 200);
-    assert!(called.elapsed() >= Duration::from_millis(500));
+    let (output, held) = prestop_exec(&sidecar.hook_socket());
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    assert!(held >= Duration::from_millis(500), "{held:?}");
     sidecar.signal(Signal::SIGTERM);
     assert_eq!(sidecar.wait_exit(2 * SECOND), 0);
 }

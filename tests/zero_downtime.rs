@@ -1,24 +1,30 @@
 //! Zero dropped requests end to end: real nginx under lameduck as PID 1, behind real HAProxy
 //! that learns about a drain only from its health checks on `/readyz`, under steady load of slow
-//! requests. A backend is drained by SIGTERM, by `/prestop` then SIGTERM, and both backends are
-//! rotated out in turn; not one request may fail, and the drained lameduck must exit 0 soon
-//! after its shutdown delay. With `--quiet-period` behind slow health checks, the drain must end
+//! requests. A backend is drained by SIGTERM, by the in-pod hook `lameduck prestop` then
+//! SIGTERM, by a hook whose connection breaks and the SIGTERM that follows at once, by a held
+//! hook with 10,000 hostile connections open to lameduck's port, and both backends are rotated
+//! out in turn; not one request may fail, and the drained lameduck must exit 0 soon after its
+//! shutdown delay. A hook still held at SIGTERM (the kubelet gave up on it) stops the app at
+//! once, and an HTTP `/prestop` without credentials is refused while the backend keeps serving. With `--quiet-period` behind slow health checks, the drain must end
 //! as soon as HAProxy stops opening connections to the backend, long before the shutdown delay.
 
 mod common;
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use common::haproxy::{Checks, Haproxy, Server, free_addrs};
 use common::load::{Connections, Load, Outcome, Plan, Report};
 use common::nginx::{NginxConfig, SLOW_BYTES, SLOW_RATE};
-use common::{Lameduck, Mode, get, own_network, run_ip, thread_id, wait_until};
+use common::{Lameduck, Mode, get, own_network, prestop_exec, run_ip, thread_id, wait_until};
 use nix::sys::signal::Signal;
 
 /// The shutdown delay: well over HAProxy's detection time (two checks 200 ms apart).
 const DELAY: Duration = Duration::from_secs(2);
 const DELAY_FLAG: &str = "2s";
+/// Connections opened to lameduck's port during a held hook.
+const HOSTILE: usize = 10_000;
 /// How long one `/slow` request takes.
 const SLOW: Duration = Duration::from_millis((SLOW_BYTES * 1000 / SLOW_RATE) as u64);
 /// Room for a busy machine in the upper bounds on exit times.
@@ -56,6 +62,8 @@ struct Pod {
     endpoints: SocketAddr,
     /// Dropped after `run`, so nginx is gone before its folder is removed.
     config: NginxConfig,
+    /// Its `--shutdown-delay`.
+    delay: Duration,
 }
 
 impl Pod {
@@ -67,7 +75,7 @@ impl Pod {
             name,
             addr,
             endpoints,
-            &["--shutdown-delay", DELAY_FLAG],
+            &["--shutdown-delay", DELAY_FLAG, "--prestop-token", "s3cret"],
         )
     }
 
@@ -88,6 +96,7 @@ impl Pod {
             run,
             endpoints,
             config,
+            delay: DELAY,
         };
         // The listening line comes once the endpoints accept connections.
         assert_eq!(pod.run.addr(), endpoints);
@@ -109,20 +118,25 @@ impl Pod {
     fn drain_by_sigterm(&mut self) -> Drain {
         let began = Instant::now();
         self.run.signal(Signal::SIGTERM);
-        let exit_code = self.run.wait_exit(DELAY + SLOW + SLACK);
+        let exit_code = self.run.wait_exit(self.delay + SLOW + SLACK);
         self.drained(began, exit_code)
     }
 
-    /// Drains it as the kubelet does with a `preStop.httpGet` hook: the hook first, which holds
-    /// until the delay has passed, then SIGTERM.
+    /// Drains it as the kubelet does with an exec hook `lameduck prestop`, run in the pod's
+    /// network namespace (here the test's): the hook first, which holds until the delay has
+    /// passed, then SIGTERM.
     fn drain_by_prestop(&mut self) -> Drain {
         let began = Instant::now();
-        let (status, _) = get(self.endpoints, "/prestop");
-        let held = began.elapsed();
-        assert_eq!(status, 200, "{} /prestop", self.name);
+        let (output, held) = prestop_exec(&self.run.hook_socket());
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{} hook: {output:?}",
+            self.name
+        );
         assert!(
             held >= DELAY,
-            "{} /prestop answered after {held:?}, before the delay",
+            "{} lameduck prestop answered after {held:?}, before the delay",
             self.name
         );
         self.run.signal(Signal::SIGTERM);
@@ -130,9 +144,97 @@ impl Pod {
         self.drained(began, exit_code)
     }
 
+    /// An HTTP `/prestop` hook held open, as the kubelet's client holds it, once it has started
+    /// the drain (readiness fails).
+    fn hold_http_hook(&self) -> TcpStream {
+        let mut hook = TcpStream::connect(self.endpoints).expect("connect the hook");
+        hook.write_all(
+            b"GET /prestop HTTP/1.1\r\nHost: pod\r\nUser-Agent: kube-lifecycle/1.32\r\n\
+              Authorization: Bearer s3cret\r\n\r\n",
+        )
+        .expect("send the hook");
+        assert!(
+            wait_until(Duration::from_secs(5), || get(self.endpoints, "/readyz").0
+                == 503),
+            "{} the hook started no drain: {:#?}",
+            self.name,
+            self.run.stderr.all()
+        );
+        hook
+    }
+
+    /// The hook's connection breaks mid-drain; the kubelet counts a failed hook and sends
+    /// SIGTERM at once. The delay must still run to its end.
+    fn drain_by_broken_hook(&mut self) -> Drain {
+        let began = Instant::now();
+        drop(self.hold_http_hook());
+        self.run.signal(Signal::SIGTERM);
+        let exit_code = self.run.wait_exit(self.delay + SLOW + SLACK);
+        let drain = self.drained(began, exit_code);
+        assert!(
+            drain
+                .log
+                .iter()
+                .any(|l| l.contains("after the preStop hook that started the drain broke")),
+            "{:#?}",
+            drain.log
+        );
+        drain
+    }
+
+    /// A held hook while 10,000 connections are opened to lameduck's port: the hook still gets
+    /// its answer after the delay, then the kubelet's SIGTERM.
+    fn drain_by_hook_under_a_connection_flood(&mut self) -> Drain {
+        let began = Instant::now();
+        let mut hook = self.hold_http_hook();
+        let (endpoints, delay) = (self.endpoints, self.delay);
+        // Four openers, bounded in count and time: all 10,000 within the delay.
+        let flood: Vec<_> = (0..4)
+            .map(|_| {
+                std::thread::spawn(move || {
+                    let mut streams = Vec::with_capacity(HOSTILE / 4);
+                    while streams.len() < HOSTILE / 4 && began.elapsed() < delay {
+                        if let Ok(mut stream) = TcpStream::connect(endpoints) {
+                            let _ = stream.write_all(b"GET /readyz HTTP/1.1\r\n");
+                            streams.push(stream);
+                        }
+                    }
+                    streams
+                })
+            })
+            .collect();
+        hook.set_read_timeout(Some(delay + SLACK)).expect("timeout");
+        let mut answer = [0u8; 512];
+        let read = hook.read(&mut answer).unwrap_or(0);
+        let answered = began.elapsed();
+        let answer = String::from_utf8_lossy(&answer[..read]).into_owned();
+        assert!(
+            answer.starts_with("HTTP/1.1 200") && answered >= delay,
+            "{} hook got {answer:?} after {answered:?}: {:#?}",
+            self.name,
+            self.run.stderr.all()
+        );
+        self.run.signal(Signal::SIGTERM);
+        let exit_code = self.run.wait_exit(SLOW + SLACK);
+        let drain = self.drained(began, exit_code);
+        let opened: usize = flood
+            .into_iter()
+            .map(|opener| opener.join().expect("opener").len())
+            .sum();
+        println!(
+            "{opened} hostile connections; the held hook answered after {answered:?} (delay {delay:?})"
+        );
+        assert_eq!(
+            opened, HOSTILE,
+            "the flood opened only {opened} connections"
+        );
+        drain
+    }
+
     fn drained(&self, began: Instant, exit_code: i32) -> Drain {
         Drain {
             pod: self.name,
+            delay: self.delay,
             began,
             exited: Instant::now(),
             exit_code,
@@ -144,6 +246,8 @@ impl Pod {
 /// One drained pod, for the assertions.
 struct Drain {
     pod: &'static str,
+    /// The pod's shutdown delay.
+    delay: Duration,
     /// When the kubelet started it (SIGTERM, or the preStop call).
     began: Instant,
     exited: Instant,
@@ -197,12 +301,12 @@ fn assert_zero_downtime(
         assert_eq!(drain.exit_code, 0, "{pod} exit code: {:#?}", drain.log);
         let took = drain.exited - drain.began;
         assert!(
-            took >= DELAY,
+            took >= drain.delay,
             "{pod} exited {took:?} after its drain began, before the shutdown delay: {:#?}",
             drain.log
         );
         assert!(
-            took <= DELAY + SLOW + SLACK,
+            took <= drain.delay + SLOW + SLACK,
             "{pod} took {took:?} to exit: {:#?}",
             drain.log
         );
@@ -303,6 +407,137 @@ fn prestop_then_sigterm_drains_a_backend_behind_haproxy_without_failing_a_reques
         Connections::PerRequest,
         Pod::drain_by_prestop,
     );
+}
+
+#[test]
+fn sigterm_after_a_broken_hook_still_waits_the_delay_behind_haproxy_without_failing_a_request() {
+    drain_one_of_two(
+        "broken-hook",
+        Ipv4Addr::new(127, 0, 61, 7),
+        Connections::PerRequest,
+        Pod::drain_by_broken_hook,
+    );
+}
+
+#[test]
+fn a_held_hook_survives_ten_thousand_connections_behind_haproxy_without_failing_a_request() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).expect("room for the sockets in the test");
+    let test = "flood";
+    let [b1_addr, b1_ep, b2_addr, b2_ep, listen] = addrs(Ipv4Addr::new(127, 0, 61, 8));
+    // A delay long enough for the test to open all its connections inside it.
+    let flags = ["--shutdown-delay", "6s", "--prestop-token", "s3cret"];
+    let mut b1 = Pod::start_with(test, "b1", b1_addr, b1_ep, &flags);
+    b1.delay = Duration::from_secs(6);
+    let b2 = Pod::start(test, "b2", b2_addr, b2_ep);
+    let haproxy = Haproxy::start(test, listen, "/readyz", &[b1.server(), b2.server()]);
+    assert!(
+        haproxy.wait_for(&[("b1", "UP"), ("b2", "UP")], Duration::from_secs(10)),
+        "{:?}\n{}",
+        haproxy.states(),
+        haproxy.log()
+    );
+    let load = start_load(&haproxy, Connections::PerRequest);
+    std::thread::sleep(STEADY);
+    let drained = b1.drain_by_hook_under_a_connection_flood();
+    std::thread::sleep(STEADY);
+    let report = load.stop();
+    assert_zero_downtime(
+        &report,
+        &haproxy,
+        Connections::PerRequest,
+        &[drained],
+        &["b2"],
+    );
+}
+
+#[test]
+fn a_hook_still_held_at_sigterm_sends_the_stop_signal_at_once() {
+    // The kubelet gave up on the hook: its grace period (shortened, say by `kubectl drain
+    // --grace-period`) ran out, and its SIGKILL follows 2s after its SIGTERM.
+    let [b1_addr, b1_ep, b2_addr, b2_ep, listen] = addrs(Ipv4Addr::new(127, 0, 61, 9));
+    let long_delay = ["--shutdown-delay", "1m", "--prestop-token", "s3cret"];
+    let mut b1 = Pod::start_with("held", "b1", b1_addr, b1_ep, &long_delay);
+    let b2 = Pod::start("held", "b2", b2_addr, b2_ep);
+    let haproxy = Haproxy::start("held", listen, "/readyz", &[b1.server(), b2.server()]);
+    assert!(
+        haproxy.wait_for(&[("b1", "UP"), ("b2", "UP")], Duration::from_secs(10)),
+        "{:?}\n{}",
+        haproxy.states(),
+        haproxy.log()
+    );
+    let load = start_load(&haproxy, Connections::PerRequest);
+    std::thread::sleep(STEADY);
+    let _hook = b1.hold_http_hook();
+    // HAProxy takes b1 out before the kubelet gives up, as a grace period of a few seconds allows.
+    assert!(
+        haproxy.wait_for(&[("b1", "DOWN")], Duration::from_secs(5)),
+        "{:?}",
+        haproxy.states()
+    );
+    let signalled = Instant::now();
+    b1.run.signal(Signal::SIGTERM);
+    let exit_code = b1.run.wait_exit(SLOW + SLACK);
+    let took = signalled.elapsed();
+    std::thread::sleep(STEADY);
+    let report = load.stop();
+    let log = b1.run.stderr.all();
+    assert!(
+        report.failures().is_empty(),
+        "requests failed: {}",
+        report.summary(signalled)
+    );
+    assert_eq!(exit_code, 0, "{log:#?}");
+    assert!(
+        took < SLOW + SLACK,
+        "b1 took {took:?} after SIGTERM: {log:#?}"
+    );
+    assert!(
+        log.iter().any(|l| l.contains("the kubelet gave up on it")),
+        "{log:#?}"
+    );
+}
+
+#[test]
+fn an_http_prestop_without_credentials_is_refused_and_the_backend_keeps_serving() {
+    let [b1_addr, b1_ep, b2_addr, b2_ep, listen] = addrs(Ipv4Addr::new(127, 0, 61, 10));
+    let mut b1 = Pod::start_with(
+        "refused",
+        "b1",
+        b1_addr,
+        b1_ep,
+        &["--shutdown-delay", DELAY_FLAG],
+    );
+    let b2 = Pod::start("refused", "b2", b2_addr, b2_ep);
+    let haproxy = Haproxy::start("refused", listen, "/readyz", &[b1.server(), b2.server()]);
+    assert!(
+        haproxy.wait_for(&[("b1", "UP"), ("b2", "UP")], Duration::from_secs(10)),
+        "{:?}\n{}",
+        haproxy.states(),
+        haproxy.log()
+    );
+    let load = start_load(&haproxy, Connections::PerRequest);
+    std::thread::sleep(STEADY);
+    let called = Instant::now();
+    assert_eq!(get(b1.endpoints, "/prestop").0, 403);
+    std::thread::sleep(STEADY);
+    assert_eq!(
+        get(b1.endpoints, "/readyz").0,
+        200,
+        "a refused call starts no drain"
+    );
+    let report = load.stop();
+    assert!(report.failures().is_empty(), "{}", report.summary(called));
+    assert!(
+        report
+            .records
+            .iter()
+            .any(|r| r.served_by("b1") && r.start > called + STEADY / 2),
+        "HAProxy kept sending b1 requests after the refused call: {}",
+        report.summary(called)
+    );
+    assert!(b1.run.running());
 }
 
 #[test]

@@ -412,8 +412,24 @@ pub struct Container {
     /// What it is in its pod (`Main` for the pause container and for a container outside any
     /// pod: neither is ever stopped by the kubelet driver).
     pub kind: Kind,
-    /// Its `preStop.httpGet`: the host address the pod publishes the hook's port on, and the path.
-    pub pre_stop: Option<(SocketAddr, String)>,
+    /// Its preStop hook, if it has one.
+    pub pre_stop: Option<PreStop>,
+}
+
+/// A container's `lifecycle.preStop`, as the kubelet runs it.
+#[derive(Clone, Debug)]
+pub enum PreStop {
+    /// `httpGet`: the host address the pod publishes the hook's port on, and the path.
+    HttpGet(SocketAddr, String),
+    /// `exec`: a command run inside the container (`docker exec`, the container's namespaces).
+    Exec(Vec<String>),
+}
+
+/// A preStop hook in a pod spec, its port not yet resolved.
+#[derive(Clone, Debug)]
+enum HookSpec {
+    HttpGet(u16, String),
+    Exec(Vec<String>),
 }
 
 impl Container {
@@ -555,7 +571,7 @@ pub struct ContainerSpec {
     command: Option<Vec<String>>,
     args: Option<Vec<String>>,
     mounts: Vec<Mount>,
-    pre_stop: Option<(u16, String)>,
+    pre_stop: Option<HookSpec>,
 }
 
 impl ContainerSpec {
@@ -604,7 +620,13 @@ impl ContainerSpec {
 
     /// `lifecycle.preStop.httpGet` on the pod's `port` (by number) and `path`.
     pub fn pre_stop_http_get(mut self, port: u16, path: &str) -> Self {
-        self.pre_stop = Some((port, path.to_owned()));
+        self.pre_stop = Some(HookSpec::HttpGet(port, path.to_owned()));
+        self
+    }
+
+    /// `lifecycle.preStop.exec` with this command.
+    pub fn pre_stop_exec(mut self, argv: &[&str]) -> Self {
+        self.pre_stop = Some(HookSpec::Exec(argv.iter().map(|a| a.to_string()).collect()));
         self
     }
 }
@@ -773,10 +795,10 @@ impl Pod {
 
     /// `docker run -d` one container into the pod's namespaces, with its mounts.
     fn run(&mut self, spec: &ContainerSpec, kind: Kind, share_pid: bool) -> Container {
-        let pre_stop = spec
-            .pre_stop
-            .as_ref()
-            .map(|(port, path)| (self.addr(*port), path.clone()));
+        let pre_stop = spec.pre_stop.as_ref().map(|hook| match hook {
+            HookSpec::HttpGet(port, path) => PreStop::HttpGet(self.addr(*port), path.clone()),
+            HookSpec::Exec(argv) => PreStop::Exec(argv.clone()),
+        });
         let container = Container {
             name: spec.name.clone(),
             id: format!("{}-{}", self.prefix, spec.name),

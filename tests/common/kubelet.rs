@@ -1,19 +1,26 @@
 //! The kubelet's part in a pod's life, played against real containers (tests/common/docker.rs):
 //! its HTTP prober and its termination sequence, as the Kubernetes pod lifecycle docs and
 //! `killContainer` in the kubelet's pkg/kubelet/kuberuntime/kuberuntime_container.go have it.
-//! Every running container is stopped at once, each in its own thread: its `preStop.httpGet`
-//! hook first (status ignored, the grace period counting from the start of the hook), then the
-//! image's stop signal, then SIGKILL when what is left of the grace period (at least 2s) has run
-//! out. Native sidecars run their hooks at once too, but get their stop signal only after every
+//! Every running container is stopped at once, each in its own thread: its preStop hook first,
+//! then the image's stop signal, then SIGKILL when what is left of the grace period has run out.
+//! The hook is run as `pkg/kubelet/lifecycle/handlers.go` runs it: an `httpGet` client with no
+//! timeout of its own and a kept-alive connection (`User-Agent: kube-lifecycle/1.32`), whose
+//! status is ignored, whose connection error (refused, reset, EOF) fails the hook and sends the
+//! stop signal at once, and which the kubelet stops waiting for, without closing it, when the
+//! grace period runs out; an `exec` hook runs inside the container (`docker exec`). The hook's
+//! time is taken off the grace period in whole seconds, with at least 2s left for the stop
+//! signal. The grace period is the deletion's own, as `kubectl drain --grace-period` overrides
+//! the pod's. Native sidecars run their hooks at once too, but get their stop signal only after every
 //! main container (and every sidecar declared after them) has exited. Each container's exit
 //! code, log and exit time are recorded for the test's assertions.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use super::docker::{Container, Kind, Pod};
+use super::docker::{Container, ExitWatch, Kind, Pod, PreStop};
 
 /// The kubelet's `minimumGracePeriodInSeconds`: however long the hook took, the stop signal
 /// gets at least this long before the SIGKILL.
@@ -60,6 +67,135 @@ pub fn wait_ready(probes: &[(SocketAddr, &str)], timeout: Duration) -> bool {
     }
 }
 
+/// The kubelet's hook client as `httpGet` runs it: no timeout of its own (the kubelet waits at
+/// most `wait`), keep-alive, the status only read, never judged. Returns the status or the
+/// connection error, and the connection, which the kubelet leaves open when it stops waiting.
+fn hook_get(
+    addr: SocketAddr,
+    path: &str,
+    wait: Duration,
+) -> (Result<u16, String>, Option<TcpStream>) {
+    let mut stream = match TcpStream::connect_timeout(&addr, wait.max(Duration::from_millis(1))) {
+        Ok(stream) => stream,
+        Err(err) => return (Err(err.to_string()), None),
+    };
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: kube-lifecycle/1.32\r\n\
+         Accept: */*\r\n\r\n"
+    );
+    if let Err(err) = stream.write_all(request.as_bytes()) {
+        return (Err(err.to_string()), None);
+    }
+    let deadline = Instant::now() + wait;
+    let mut response = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(status) = complete_response(&response) {
+            return (Ok(status), Some(stream));
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return (
+                Err("the grace period ran out; the kubelet stopped waiting".into()),
+                Some(stream),
+            );
+        }
+        let _ = stream.set_read_timeout(Some(left));
+        match stream.read(&mut chunk) {
+            Ok(0) => return (Err("EOF".into()), None),
+            Ok(read) => response.extend_from_slice(&chunk[..read]),
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
+            Err(err) => return (Err(err.to_string()), None),
+        }
+    }
+}
+
+/// The status of a whole response (head and `Content-Length` body), once it has all come.
+fn complete_response(bytes: &[u8]) -> Option<u16> {
+    let text = String::from_utf8_lossy(bytes);
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse().ok())
+        })
+        .flatten()
+        .unwrap_or(0);
+    (body.len() >= length).then(|| head.split_whitespace().nth(1)?.parse().ok())?
+}
+
+/// The kubelet's `exec` hook: the command inside the container, waited for at most `wait`;
+/// a command still running then is left running, as the kubelet leaves it. The container's
+/// exit ends it too, as the runtime ends a container's execs with the container (docker's
+/// client alone would wait on).
+fn hook_exec(
+    container: &Container,
+    exit: &mut ExitWatch,
+    argv: &[String],
+    wait: Duration,
+) -> (Result<u16, String>, Option<Child>) {
+    let mut child = match Command::new("docker")
+        .arg("exec")
+        .arg(&container.id)
+        .args(argv)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
+        Ok(child) => child,
+        Err(err) => return (Err(err.to_string()), None),
+    };
+    let deadline = Instant::now() + wait;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) if status.success() => return (Ok(0), None),
+            Ok(Some(status)) => {
+                let mut stderr = String::new();
+                if let Some(mut pipe) = child.stderr.take() {
+                    let _ = pipe.read_to_string(&mut stderr);
+                }
+                return (
+                    Err(format!("exec hook exited {status}: {}", stderr.trim())),
+                    None,
+                );
+            }
+            Ok(None) if exit.wait(Duration::ZERO).is_some() => {
+                return (Ok(0), Some(child));
+            }
+            Ok(None) if Instant::now() >= deadline => {
+                return (
+                    Err("the grace period ran out; the kubelet stopped waiting".into()),
+                    Some(child),
+                );
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+            Err(err) => return (Err(err.to_string()), None),
+        }
+    }
+}
+
+/// What a hook the kubelet stopped waiting for leaves behind until the pod is gone.
+enum Abandoned {
+    Connection(TcpStream),
+    Exec(Child),
+}
+
+impl Drop for Abandoned {
+    fn drop(&mut self) {
+        if let Abandoned::Exec(child) = self {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// How a preStop hook went.
 #[derive(Debug)]
 pub struct Hook {
@@ -67,8 +203,8 @@ pub struct Hook {
     pub started: Instant,
     /// How long it held the termination up.
     pub took: Duration,
-    /// The status it answered (which the kubelet ignores), or the error that made it a
-    /// `FailedPreStopHook` event.
+    /// The status it answered (which the kubelet ignores; 0 for an exec hook that exited 0),
+    /// or the error that made it a `FailedPreStopHook` event.
     pub outcome: Result<u16, String>,
 }
 
@@ -141,8 +277,9 @@ impl Termination {
     }
 }
 
-/// Deletes `pod` with `terminationGracePeriodSeconds` = `grace`, as the kubelet does, and
-/// returns once every container has exited.
+/// Deletes `pod` with the grace period `grace`, as the kubelet does, and returns once every
+/// container has exited. `grace` is the deletion's: the pod's `terminationGracePeriodSeconds`,
+/// or a shorter one, as `kubectl drain --grace-period` sends it, which lameduck cannot see.
 pub fn terminate(pod: &Pod, grace: Duration) -> Termination {
     // Init containers have run to completion; every other container is running.
     let running: Vec<&Container> = pod
@@ -183,16 +320,30 @@ fn stop(
     // Looked up first, so the signal follows the hook as closely as the runtime sends it.
     let stop_signal = container.stop_signal();
     let mut left = grace;
+    let mut abandoned = None;
     // The kubelet skips the hook with a zero grace period, and abandons it when the period is out.
     let hook = container
         .pre_stop
         .as_ref()
         .filter(|_| !grace.is_zero())
-        .map(|(addr, path)| {
+        .map(|hook| {
             let started = Instant::now();
-            let outcome = http_get(*addr, path, left).map_err(|e| e.to_string());
+            let outcome = match hook {
+                PreStop::HttpGet(addr, path) => {
+                    let (outcome, connection) = hook_get(*addr, path, left);
+                    // Kept alive after an answer, or left open by a kubelet that gave up.
+                    abandoned = connection.map(Abandoned::Connection);
+                    outcome
+                }
+                PreStop::Exec(argv) => {
+                    let (outcome, child) = hook_exec(container, &mut exit, argv, left);
+                    abandoned = child.map(Abandoned::Exec);
+                    outcome
+                }
+            };
             let took = started.elapsed();
-            left = left.saturating_sub(took);
+            // Whole seconds, truncated, as the kubelet subtracts them.
+            left = left.saturating_sub(Duration::from_secs(took.as_secs()));
             Hook {
                 started,
                 took,
@@ -212,6 +363,7 @@ fn stop(
         exit.wait(AFTER_SIGKILL)
             .unwrap_or_else(|| panic!("{} outlived its SIGKILL", container.name))
     });
+    drop(abandoned);
     Stopped {
         name: container.name.clone(),
         hook,

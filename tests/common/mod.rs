@@ -238,6 +238,23 @@ impl Lameduck {
         listening_addr(&self.stderr)
     }
 
+    /// The in-pod hook's socket name, from lameduck's `preStop hook socket listening` line.
+    pub fn hook_socket(&self) -> String {
+        let mut found = None;
+        let ok = wait_until(Duration::from_secs(10), || {
+            found = self.stderr.all().iter().find_map(|line| {
+                let (_, rest) = line.split_once("preStop hook socket listening")?;
+                let name = rest
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("socket=@"))?;
+                Some(name.trim_matches('"').to_owned())
+            });
+            found.is_some()
+        });
+        assert!(ok, "no hook socket line in {:#?}", self.stderr.all());
+        found.expect("socket name")
+    }
+
     /// The endpoints' address, once /readyz answers 200.
     pub fn ready_addr(&self) -> SocketAddr {
         let addr = self.addr();
@@ -299,6 +316,18 @@ impl Drop for Lameduck {
             let _ = self.process.wait();
         }
     }
+}
+
+/// Runs the in-pod hook `lameduck prestop --prestop-socket SOCKET` in the test's network
+/// namespace, as an exec hook runs in the pod's; returns how it ended and how long it took.
+pub fn prestop_exec(socket: &str) -> (std::process::Output, Duration) {
+    let started = Instant::now();
+    let output = Command::new(lameduck())
+        .args(["prestop", "--prestop-socket", socket])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run lameduck prestop");
+    (output, started.elapsed())
 }
 
 /// The endpoints' address from a lameduck log's `endpoints listening addr=...` line.
