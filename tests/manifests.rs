@@ -896,21 +896,33 @@ fn init_install_app_runs_lameduck_from_the_volume_the_init_container_filled() {
             .and_then(|m| m["name"].as_str())
             .unwrap_or_else(|| panic!("{}: {dir} is not a mounted volume", install.name()));
         let binary = format!("{}/lameduck", dir.trim_end_matches('/'));
-        let app = pod_lameduck(&install.pod);
-        assert_eq!(
-            app.argv[0],
-            binary,
-            "{}: does not run the installed binary",
-            app.name()
-        );
-        let mounted = list(&app.container["volumeMounts"]).iter().any(|m| {
-            m["name"].as_str() == Some(volume) && m["mountPath"].as_str() == Some(dir.as_str())
-        });
+        // The installed copy runs as the app's PID 1 (init-install), or as the app container's
+        // preStop hook beside a sidecar whose image it came from.
+        let users: Vec<&Value> = containers(&install.pod)
+            .into_iter()
+            .map(|(_, container)| container)
+            .filter(|c| {
+                c["command"][0].as_str() == Some(binary.as_str())
+                    || c["lifecycle"]["preStop"]["exec"]["command"][0].as_str()
+                        == Some(binary.as_str())
+            })
+            .collect();
         assert!(
-            mounted,
-            "{}: volume {volume} is not mounted at {dir}",
-            app.name()
+            !users.is_empty(),
+            "{}: no container runs the installed {binary}",
+            install.name()
         );
+        for user in users {
+            let mounted = list(&user["volumeMounts"]).iter().any(|m| {
+                m["name"].as_str() == Some(volume) && m["mountPath"].as_str() == Some(dir.as_str())
+            });
+            assert!(
+                mounted,
+                "{} container {}: volume {volume} is not mounted at {dir}",
+                install.pod.name,
+                container_name(user)
+            );
+        }
     }
 }
 
@@ -974,16 +986,28 @@ fn liveness_probe_asks_livez_on_the_container_that_runs_lameduck() {
 }
 
 #[test]
-fn prestop_hooks_call_lameduck_prestop_by_port_number() {
+fn prestop_hooks_run_lameduck_prestop_inside_the_pod() {
     for pod in pods() {
-        let port = pod_lameduck(&pod).listen_port();
+        let lameduck = pod_lameduck(&pod);
         for container in list(&pod.spec["containers"]) {
             let what = format!(
                 "{} container {} preStop",
                 pod.name,
                 container_name(container)
             );
-            assert_http_get(&what, &container["lifecycle"]["preStop"], "/prestop", port);
+            let command: Vec<&str> = list(&container["lifecycle"]["preStop"]["exec"]["command"])
+                .iter()
+                .filter_map(Value::as_str)
+                .collect();
+            assert_eq!(command.len(), 2, "{what}: not an exec of lameduck prestop");
+            assert!(command[0].ends_with("/lameduck"), "{what}: {command:?}");
+            assert_eq!(command[1], "prestop", "{what}");
+            // The default socket name follows --listen: the hook's container must agree on it.
+            let listen = lameduck.listen_port();
+            assert_eq!(
+                listen, 8099,
+                "{what}: the hook's default socket name assumes port 8099"
+            );
         }
     }
 }

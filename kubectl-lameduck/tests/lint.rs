@@ -308,7 +308,8 @@ fn text_lines_name_severity_file_object_container_path_rule_and_fix() {
         "error  tests/manifests/broken/prestop-missing.yaml: Deployment/web container \"app\" \
          spec.template.spec.containers[0].lifecycle.preStop [prestop-missing]: no preStop hook: \
          nothing calls the sidecar, so the kubelet stops the app while endpoints still route to \
-         it; add lifecycle.preStop.httpGet with path /prestop and port 8099"
+         it; add lifecycle.preStop.exec with command [PATH/lameduck, prestop] (or httpGet with \
+         path /prestop and port 8099, which needs --prestop-token)"
     );
     assert!(
         ran.stdout

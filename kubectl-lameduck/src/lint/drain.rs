@@ -128,11 +128,11 @@ impl Drain<'_, '_> {
         let path = container.path.keys(&["lifecycle", "preStop"]);
         let token = self.settings().prestop_token;
         let fix = format!(
-            "add lifecycle.preStop.httpGet with path /prestop and port {port}{}",
+            "add lifecycle.preStop.exec with command [PATH/lameduck, prestop] (or httpGet with path /prestop and port {port}{})",
             if token {
                 " and an Authorization: Bearer header"
             } else {
-                ""
+                ", which needs --prestop-token"
             }
         );
         let Some(hook) = container.handler(&["lifecycle", "preStop"]) else {
@@ -170,7 +170,12 @@ impl Drain<'_, '_> {
             self.prestop_http_get(container, get, &path.key("httpGet"), port, &fix, findings);
             return;
         }
-        let exec = hook.exec_command().unwrap_or_default().join(" ");
+        let argv = hook.exec_command().unwrap_or_default();
+        // The in-pod hook: it reaches lameduck over the pod's own hook socket.
+        if argv.len() >= 2 && argv[0].ends_with("lameduck") && argv[1] == "prestop" {
+            return;
+        }
+        let exec = argv.join(" ");
         if exec.contains(&format!(":{port}/prestop")) {
             if token && !exec.contains("Authorization") {
                 findings.add(
