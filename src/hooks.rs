@@ -49,13 +49,13 @@ pub struct HeldCount(Arc<AtomicUsize>);
 impl HeldCount {
     /// What a shutdown signal finds: `started_by_hook` says whether a hook call started the drain.
     /// A hook whose connection has just broken may not have been seen to drop yet: its
-    /// connection task gets one turn of the runtime (which polls for I/O first) to do so.
+    /// connection task gets a millisecond (the runtime polls for I/O meanwhile) to do so.
     pub async fn at_signal(&self, started_by_hook: bool) -> Hook {
         if !started_by_hook {
             return Hook::NotCalled;
         }
         if self.0.load(Ordering::SeqCst) > 0 {
-            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
         if self.0.load(Ordering::SeqCst) > 0 {
             Hook::Held
@@ -67,19 +67,20 @@ impl HeldCount {
 
 /// The longest lameduck waits at exit for held calls to get their answers.
 const SETTLE: Duration = Duration::from_secs(1);
+/// Room at exit for the answers just given to be written.
+const ANSWER_WRITE: Duration = Duration::from_millis(20);
 
 impl HeldCount {
     /// Before lameduck exits: gives held calls a moment to take their answer and their
-    /// connection tasks a few turns to write it, so that the kubelet sees the hook return
+    /// connection tasks time to write it, so that the kubelet sees the hook return
     /// rather than break when the app exits right after its stop signal.
     pub async fn settle(&self) {
         let deadline = tokio::time::Instant::now() + SETTLE;
         while self.0.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        for _ in 0..4 {
-            tokio::task::yield_now().await;
-        }
+        // A short sleep, not yields: the answered calls' connection tasks write meanwhile.
+        tokio::time::sleep(ANSWER_WRITE).await;
     }
 }
 

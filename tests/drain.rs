@@ -94,7 +94,7 @@ fn prestop_holds_for_the_delay_then_sigterm_needs_no_second_delay(mode: Mode) {
         "lameduck prestop answered after {held:?}, before the delay"
     );
     // As the kubelet does: SIGTERM right after the hook returns.
-    run.signal(Signal::SIGTERM);
+    run.signal_unless_gone(Signal::SIGTERM);
     run.expect_exact("QUIT");
     assert_eq!(run.wait_exit(5 * SECOND), 0);
     assert!(

@@ -43,7 +43,7 @@ fn readme_documents_every_flag_of_every_mode() {
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
         .expect("README.md");
     let (lameduck, plugin) = (common::lameduck(), plugin());
-    let modes: [(&std::path::Path, &[&str]); 6] = [
+    let modes: [(&std::path::Path, &[&str]); 7] = [
         (&lameduck, &[]),
         (&lameduck, &["sidecar"]),
         (&lameduck, &["prestop"]),

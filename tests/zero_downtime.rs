@@ -139,7 +139,7 @@ impl Pod {
             "{} lameduck prestop answered after {held:?}, before the delay",
             self.name
         );
-        self.run.signal(Signal::SIGTERM);
+        self.run.signal_unless_gone(Signal::SIGTERM);
         let exit_code = self.run.wait_exit(SLOW + SLACK);
         self.drained(began, exit_code)
     }
@@ -214,7 +214,7 @@ impl Pod {
             self.name,
             self.run.stderr.all()
         );
-        self.run.signal(Signal::SIGTERM);
+        self.run.signal_unless_gone(Signal::SIGTERM);
         let exit_code = self.run.wait_exit(SLOW + SLACK);
         let drain = self.drained(began, exit_code);
         let opened: usize = flood

@@ -271,6 +271,15 @@ impl Lameduck {
         kill(self.pid, signal).expect("signal lameduck");
     }
 
+    /// Sends `signal` as the kubelet sends its stop signal after a hook: to a container that may
+    /// have exited already (the app exited on its stop signal), which changes nothing.
+    pub fn signal_unless_gone(&self, signal: Signal) {
+        match kill(self.pid, signal) {
+            Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+            Err(err) => panic!("signal lameduck: {err}"),
+        }
+    }
+
     /// Waits for lameduck to exit and returns its exit code.
     pub fn wait_exit(&mut self, timeout: Duration) -> i32 {
         if let Some(code) = self.exit {

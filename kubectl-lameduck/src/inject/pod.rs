@@ -939,9 +939,14 @@ fn liveness_probe(port: u16) -> Value {
     })
 }
 
-/// The preStop hook that starts the drain from inside the pod.
-fn prestop_hook(_program: &str, port: u16) -> Value {
-    json!({ "httpGet": { "path": "/prestop", "port": port } })
+/// The preStop hook that starts the drain from inside the pod: `lameduck prestop` at
+/// `program`, over the hook socket named after lameduck's port.
+fn prestop_hook(program: &str, port: u16) -> Value {
+    let mut command = vec![program.to_owned(), "prestop".to_owned()];
+    if port != 8099 {
+        command.push(format!("--listen=0.0.0.0:{port}"));
+    }
+    json!({ "exec": { "command": command } })
 }
 
 /// Whether a hook only waits: `sleep`, or `exec` of `sleep N` (also through `sh -c`).
