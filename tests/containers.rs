@@ -541,6 +541,9 @@ fn pod_of(name: &str, ip: Ipv4Addr, deployment: &serde_json::Value) -> (Pod, Dur
                 "a preStop hook this model cannot run: {hook}"
             );
         }
+        if let Some(command) = strings(&c["lifecycle"]["preStop"]["exec"]["command"]) {
+            built = built.pre_stop_exec(&command.iter().map(String::as_str).collect::<Vec<_>>());
+        }
         built
     };
     let mut pod = PodSpec::new(name, ip).port(HTTP).port(LAMEDUCK);
@@ -615,7 +618,7 @@ fn plain_nginx_deployment_injected_in_the_sidecar_shape_is_deleted_under_load_wi
     let context = termination.summary();
     let nginx = termination.container("nginx");
     let hook = nginx.hook.as_ref().expect("nginx has a preStop hook");
-    assert_eq!(hook.outcome, Ok(200), "{context}");
+    assert_eq!(hook.outcome, Ok(0), "{context}");
     assert!(hook.took >= DELAY, "the hook held for the delay: {context}");
     assert_clean_exit(nginx, &context);
     let sender = quit_sender(&nginx.log);
