@@ -1,7 +1,8 @@
 //! The drain proxy's own behaviour, with the built lameduck as PID 1 in front of a real app:
 //! HTTP/2 clients get GOAWAY in the drain and lose no request; a WebSocket passes through and
 //! stays open until the app, told by `--drain-signal`, closes it cleanly; a large upload and a
-//! large download pass byte for byte; an app that is down gives a 502 and one log line.
+//! large download pass byte for byte; an app that is down gives a 502 and one log line; and in
+//! the sidecar shape the proxy closes kept-alive connections on `/prestop` and ends the delay.
 
 mod common;
 
@@ -281,4 +282,68 @@ fn an_app_that_is_down_gives_a_502_and_one_log_line() {
         .collect();
     assert_eq!(lines.len(), 1, "{lines:#?}");
     assert!(lines[0].contains(&format!("app={app}")), "{}", lines[0]);
+}
+
+/// One request on a kept-alive connection: the response head (lower-cased) and body.
+fn ask(stream: &mut TcpStream, path: &str) -> (String, Vec<u8>) {
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").expect("request");
+    let mut data = Vec::new();
+    let mut byte = [0u8; 1];
+    while !data.ends_with(b"\r\n\r\n") {
+        assert_eq!(stream.read(&mut byte).expect("read head"), 1, "closed");
+        data.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&data).to_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("content-length");
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).expect("body");
+    (head, body)
+}
+
+#[test]
+fn the_sidecar_proxy_closes_kept_alive_connections_in_the_drain_and_ends_it_early() {
+    let [nginx_addr, proxy] = free_addrs(Ipv4Addr::new(127, 0, 63, 5), 2)
+        .try_into()
+        .expect("2 addresses");
+    let _nginx = common::nginx::Nginx::start("proxy-sidecar", nginx_addr);
+    let route = format!("{proxy}={nginx_addr}");
+    let mut run = Lameduck::start(
+        Mode::Pid1,
+        &["sidecar", "--shutdown-delay", DELAY_FLAG, "--proxy", &route],
+    );
+    let endpoints = run.ready_addr();
+    let mut client = TcpStream::connect(proxy).expect("connect");
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let (head, body) = ask(&mut client, "/fast");
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(!head.contains("connection: close"), "{head}");
+    assert_eq!(body, b"ok\n");
+
+    let began = Instant::now();
+    let hook = std::thread::spawn(move || common::get(endpoints, "/prestop"));
+    assert!(wait_until(Duration::from_secs(2), || run
+        .stderr
+        .contains("readiness fails")));
+    let (head, body) = ask(&mut client, "/fast");
+    assert!(head.contains("connection: close"), "{head}");
+    assert_eq!(body, b"ok\n");
+    let mut rest = Vec::new();
+    assert_eq!(client.read_to_end(&mut rest).expect("the close"), 0);
+    let (status, phase) = hook.join().expect("hook");
+    let held = began.elapsed();
+    assert_eq!((status, phase.trim()), (200, "stopping"));
+    assert!(
+        held < DELAY - Duration::from_secs(2),
+        "/prestop held {held:?}, near the full delay: {:#?}",
+        run.stderr.all()
+    );
+    assert_eq!(moved_off(&run), 1, "{:#?}", run.stderr.all());
+    run.signal(Signal::SIGTERM);
+    assert_eq!(run.wait_exit(DELAY), 0);
 }
