@@ -51,7 +51,7 @@ const MAX_GAP: Duration = Duration::from_secs(3);
 
 /// `struct inet_diag_sockid`.
 #[repr(C)]
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct SockId {
     sport: [u8; 2],
     dport: [u8; 2],
@@ -93,6 +93,9 @@ struct Message {
 /// One TCP socket as sock_diag reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Socket {
+    family: u8,
+    /// Enough to ask for this one socket again.
+    id: SockId,
     local_port: u16,
     state: u8,
     inode: u32,
@@ -143,6 +146,17 @@ pub struct TrafficWatch {
     ended_since_look: bool,
     /// When traffic last arrived, as far as the looks tell; the watch's start at the earliest.
     last_arrival: Instant,
+    /// The latest of those arrivals that no socket in the table can date again: connections
+    /// opened or gone unseen, failed looks. An arrival a socket dated is dated anew by the
+    /// next look, from the same socket or from its disappearance.
+    last_unseen: Instant,
+    /// Sockets the deciding look found active within the quiet period, asked for again once it
+    /// has passed for each; with the quiet time the rest of that look showed.
+    recheck: Vec<Socket>,
+    recheck_at: Option<Instant>,
+    recheck_quiet: Duration,
+    /// The request for one socket.
+    get_request: Vec<u8>,
     last_look: Instant,
     /// How long the last look took, which spaces the looks an opened connection asks for.
     look_took: Duration,
@@ -189,6 +203,11 @@ impl TrafficWatch {
             established: 0,
             ended_since_look: false,
             last_arrival: now,
+            last_unseen: now,
+            recheck: Vec::new(),
+            recheck_at: None,
+            recheck_quiet: Duration::ZERO,
+            get_request: get_request(),
             last_look: now,
             look_took: Duration::ZERO,
             last_tick: now,
@@ -209,15 +228,25 @@ impl TrafficWatch {
     /// When `poll` should next be called: at the next tick, or sooner when a look falls due
     /// (exactly when the quiet period after the last known arrival ends).
     pub fn next_poll(&self) -> Instant {
-        self.look_due().min(self.last_tick + TICK)
+        let due = self.recheck_at.unwrap_or_else(|| self.look_due());
+        due.min(self.last_tick + TICK)
     }
 
     /// When the next look is due: once its answer may end the wait (the quiet period since the
     /// last known arrival is over, and so is the minimum delay), soon after a connection opened
     /// or ended (so that a short one, or a closed one's last bytes, are placed in time), and at
     /// least every `MAX_GAP`.
+    ///
+    /// The deciding look starts early by the last look's duration, so that it ends about when
+    /// the quiet period does: the few sockets it finds active within the period are asked for
+    /// again one by one when the period has passed for them (`recheck`).
     fn look_due(&self) -> Instant {
-        let answer = (self.last_arrival + self.period).max(self.earliest);
+        let settled = (self.last_arrival + self.period)
+            .checked_sub(self.look_took)
+            .unwrap_or(self.last_arrival);
+        let answer = settled
+            .max(self.last_unseen + self.period)
+            .max(self.earliest);
         let mut due = answer.min(self.last_look + MAX_GAP);
         if self.opened_since_look || self.ended_since_look {
             due = due.min(self.last_look + self.look_took * FOLLOW_UP_SPACING);
@@ -232,21 +261,72 @@ impl TrafficWatch {
         self.last_tick = now;
         if self.opened() {
             self.last_arrival = self.last_arrival.max(now);
+            self.last_unseen = self.last_unseen.max(now);
             self.opened_since_look = true;
         }
-        if Instant::now() < self.look_due() {
+        if let Some(at) = self.recheck_at {
+            if Instant::now() < at {
+                return self.no_answer();
+            }
+            let quiet_for = self.recheck();
             return Activity {
                 new_connections: 0,
                 open: self.open,
-                quiet_for: None,
+                quiet_for: Some(quiet_for),
             };
+        }
+        if Instant::now() < self.look_due() {
+            return self.no_answer();
         }
         let (new_connections, quiet_for) = self.look();
         Activity {
             new_connections,
             open: self.open,
-            quiet_for: Some(quiet_for),
+            quiet_for,
         }
+    }
+
+    fn no_answer(&self) -> Activity {
+        Activity {
+            new_connections: 0,
+            open: self.open,
+            quiet_for: None,
+        }
+    }
+
+    /// Asks again for each socket the deciding look found active within the quiet period;
+    /// returns how long the app has been quiet. A socket gone, or a connection opened or ended
+    /// meanwhile, is traffic now.
+    fn recheck(&mut self) -> Duration {
+        self.recheck_at = None;
+        let mut quiet_for = self.recheck_quiet;
+        let mut unplaced = self.opened() || self.ended_since_look;
+        for socket in std::mem::take(&mut self.recheck) {
+            let again = self
+                .netlink
+                .as_ref()
+                .map(|netlink| get(netlink, &mut self.get_request, &mut self.buf, &socket));
+            let at = Instant::now();
+            match again {
+                Some(Ok(Some(Socket {
+                    idle_ms: Some(ms), ..
+                }))) => {
+                    let idle = Duration::from_millis(ms.into());
+                    quiet_for = quiet_for.min(idle);
+                    if let Some(arrival) = at.checked_sub(idle) {
+                        self.last_arrival = self.last_arrival.max(arrival);
+                    }
+                }
+                _ => unplaced = true,
+            }
+        }
+        if unplaced {
+            let now = Instant::now();
+            self.last_arrival = self.last_arrival.max(now);
+            self.last_unseen = self.last_unseen.max(now);
+            quiet_for = Duration::ZERO;
+        }
+        quiet_for
     }
 
     /// Whether a connection lameduck's endpoints did not accept opened in the namespace since
@@ -302,11 +382,14 @@ impl TrafficWatch {
     /// connection that opened since the previous look (it may have come and gone unseen), a
     /// connection that could still receive at the previous look and is gone now (its last
     /// bytes may have come just before it closed), a new socket without `tcp_info`.
-    fn look(&mut self) -> (usize, Duration) {
+    fn look(&mut self) -> (usize, Option<Duration>) {
         let started = Instant::now();
         self.next.clear();
+        self.recheck.clear();
         let (mut latest, mut min_idle, mut open, mut unplaced) = (None, None, 0, false);
-        let (ports, next) = (&self.ports, &mut self.next);
+        let (mut recheck_at, mut too_many, mut min_active) = (None, false, Duration::MAX);
+        let (ports, next, recheck, period) =
+            (&self.ports, &mut self.next, &mut self.recheck, self.period);
         let filtered = ports.len() <= MAX_FILTERED_PORTS;
         let dumped = ports.is_empty()
             || self.netlink.as_ref().is_some_and(|netlink| {
@@ -320,11 +403,21 @@ impl TrafficWatch {
                     // it is new; an old one received nothing the earlier looks did not see.
                     if let Some(ms) = socket.idle_ms {
                         let idle = Duration::from_millis(ms.into());
-                        min_idle = Some(min_idle.map_or(idle, |m: Duration| m.min(idle)));
                         // When the datagram holding it came, less its idle time: never earlier
                         // than the true arrival.
-                        if let Some(arrival) = at.checked_sub(idle) {
-                            latest = Some(latest.map_or(arrival, |l: Instant| l.max(arrival)));
+                        let arrival = at.checked_sub(idle).unwrap_or(at);
+                        latest = Some(latest.map_or(arrival, |l: Instant| l.max(arrival)));
+                        if idle >= period {
+                            min_idle = Some(min_idle.map_or(idle, |m: Duration| m.min(idle)));
+                        } else {
+                            min_active = min_active.min(idle);
+                            if recheck.len() < RECHECK_MAX {
+                                recheck.push(socket);
+                                let due = arrival + period;
+                                recheck_at = Some(recheck_at.map_or(due, |r: Instant| r.max(due)));
+                            } else {
+                                too_many = true;
+                            }
                         }
                     }
                 })
@@ -345,21 +438,40 @@ impl TrafficWatch {
         self.opened_since_look = opened_now;
         self.ended_since_look = false;
         let now = Instant::now();
-        let prior = if !dumped || opened || unplaced {
-            now
-        } else {
-            self.last_arrival
-        };
-        let quiet_for = started
-            .saturating_duration_since(prior)
+        if !dumped || opened || unplaced {
+            self.last_unseen = now;
+        }
+        let rest = started
+            .saturating_duration_since(self.last_unseen)
             .min(min_idle.unwrap_or(Duration::MAX));
-        self.last_arrival = self.last_arrival.max(prior).max(latest.unwrap_or(prior));
+        self.last_arrival = self
+            .last_arrival
+            .max(self.last_unseen)
+            .max(latest.unwrap_or(self.last_unseen));
         self.last_look = now;
         self.look_took = now - started;
         if dumped {
             self.open = open;
             std::mem::swap(&mut self.seen, &mut self.next);
         }
+        let quiet_for = match recheck_at {
+            None => Some(rest),
+            // The rest was quiet, and the sockets active within the period pass it soon:
+            // the answer waits for them.
+            Some(at)
+                if !too_many
+                    && rest >= self.period
+                    && at <= now + RECHECK_WITHIN.max(self.look_took * 2) =>
+            {
+                self.recheck_at = Some(at.max(self.last_unseen + self.period));
+                self.recheck_quiet = rest;
+                None
+            }
+            Some(_) => {
+                self.recheck.clear();
+                Some(rest.min(min_active))
+            }
+        };
         (new, quiet_for)
     }
 }
@@ -369,6 +481,11 @@ pub const TICK: Duration = Duration::from_millis(100);
 /// After a connection opened, the next look waits this many times the last look's duration,
 /// so that such looks take at most a tenth of lameduck's time however many sockets there are.
 const FOLLOW_UP_SPACING: u32 = 10;
+/// At most this many sockets active within the quiet period are asked for again; with more,
+/// the app is not quiet.
+const RECHECK_MAX: usize = 16;
+/// Sockets are asked for again only if the quiet period passes for all of them this soon.
+const RECHECK_WITHIN: Duration = Duration::from_millis(200);
 /// Tries at reading the counters with no connection opened in between.
 const EXACT_TRIES: usize = 3;
 /// Receive buffer for a dump: the kernel fills up to 32 KiB per datagram.
@@ -508,6 +625,62 @@ fn dump_request(states: u32, ext: u8, filter: &[u8]) -> Vec<u8> {
         out.extend_from_slice(filter);
     }
     out
+}
+
+/// A request for one TCP socket, in any state, with tcp_info; `get` fills in which.
+fn get_request() -> Vec<u8> {
+    let mut request = dump_request(0xfff << 1, 1 << (INET_DIAG_INFO - 1), &[]);
+    let flags = offset_of!(libc::nlmsghdr, nlmsg_flags);
+    request[flags..flags + 2].copy_from_slice(&(libc::NLM_F_REQUEST as u16).to_ne_bytes());
+    request
+}
+
+/// Asks for `socket` again; `None` when it is gone.
+fn get(
+    netlink: &OwnedFd,
+    request: &mut [u8],
+    buf: &mut [u8],
+    socket: &Socket,
+) -> io::Result<Option<Socket>> {
+    request[offset_of!(Request, family)] = socket.family;
+    let id = offset_of!(Request, id);
+    // SAFETY: SockId is a repr(C) aggregate of integers without padding; the slice covers
+    // exactly its bytes and lives no longer than `socket`.
+    let id_bytes = unsafe {
+        std::slice::from_raw_parts((&raw const socket.id).cast::<u8>(), size_of::<SockId>())
+    };
+    request[id..id + size_of::<SockId>()].copy_from_slice(id_bytes);
+    // SAFETY: send reads exactly request.len() bytes from the slice.
+    let sent = unsafe {
+        libc::send(
+            netlink.as_raw_fd(),
+            request.as_ptr().cast(),
+            request.len(),
+            0,
+        )
+    };
+    if sent < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: recv writes at most buf.len() bytes into buf.
+    let got = unsafe { libc::recv(netlink.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+    let Ok(got) = usize::try_from(got) else {
+        return Err(io::Error::last_os_error());
+    };
+    let data = &buf[..got];
+    let header: libc::nlmsghdr =
+        read(data, 0).ok_or_else(|| io::Error::other("short netlink header"))?;
+    let len = (header.nlmsg_len as usize).min(data.len());
+    let payload = data
+        .get(size_of::<libc::nlmsghdr>()..len)
+        .unwrap_or_default();
+    if i32::from(header.nlmsg_type) == libc::NLMSG_ERROR {
+        return match read::<i32>(payload, 0) {
+            Some(code) if code == -libc::ENOENT => Ok(None),
+            _ => Err(io::Error::other("sock_diag refused the request")),
+        };
+    }
+    Ok(parse_socket(payload))
 }
 
 /// An inet_diag filter program that accepts a socket whose local port is one of `ports`.
@@ -656,6 +829,8 @@ fn parse_messages(mut data: &[u8], found: &mut impl FnMut(Socket)) -> io::Result
 fn parse_socket(payload: &[u8]) -> Option<Socket> {
     let message: Message = read(payload, 0)?;
     let mut socket = Socket {
+        family: message.family,
+        id: message.id,
         local_port: u16::from_be_bytes(message.id.sport),
         state: message.state,
         inode: message.inode,
@@ -828,6 +1003,34 @@ mod tests {
             answer,
             Some(Duration::ZERO),
             "a look soon after a connection ended finds the app's gone"
+        );
+    }
+
+    #[test]
+    fn the_deciding_look_waits_out_the_quiet_period_of_the_last_active_socket() {
+        own_network();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        let period = Duration::from_millis(300);
+        let port = listener.local_addr().unwrap().port();
+        let mut watch = TrafficWatch::new(vec![port], 0, period, Duration::ZERO);
+        client.write_all(b"request").unwrap();
+        server.read_exact(&mut [0u8; 7]).unwrap();
+        let sent = Instant::now();
+        let deadline = sent + Duration::from_secs(3);
+        let quiet_for = loop {
+            match watch.poll().quiet_for {
+                Some(quiet_for) if quiet_for >= period => break quiet_for,
+                _ => {}
+            }
+            assert!(Instant::now() < deadline, "never quiet");
+            sleep(watch.next_poll().saturating_duration_since(Instant::now()));
+        };
+        assert!(
+            sent.elapsed() + Duration::from_millis(5) >= period,
+            "quiet after {:?}, {quiet_for:?}",
+            sent.elapsed()
         );
     }
 
