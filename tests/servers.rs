@@ -5,7 +5,8 @@
 //! ways: a new connection per request and keep-alive clients through an L7 balancer that
 //! health-checks `/readyz`; and per-request connections through an L4 balancer that, as
 //! kube-proxy, takes the pod out a fixed time after its drain starts, whatever readiness says.
-//! Then the signal itself: responses in flight when lameduck sends the table's graceful signal
+//! And keep-alive clients pinned to the pod by the L4 balancer, with lameduck's drain proxy in
+//! front of the server, which moves them off during the delay. Then the signal itself: responses in flight when lameduck sends the table's graceful signal
 //! all complete, and a fast-stop signal from the same table cuts them.
 
 mod common;
@@ -30,6 +31,10 @@ const DELAY_FLAG: &str = "2s";
 /// When the L4 balancer takes the draining pod out, after its drain began: as an endpoint
 /// update reaches kube-proxy, late but within the delay.
 const TAKE_OUT_AFTER: Duration = Duration::from_secs(1);
+/// The drain proxy's `--min-delay`: past `TAKE_OUT_AFTER`, so no new connection reaches a pod
+/// through the L4 balancer once its app has stopped.
+const PROXY_MIN_DELAY: Duration = Duration::from_millis(1500);
+const PROXY_MIN_DELAY_FLAG: &str = "1500ms";
 /// How long one `/slow` request takes.
 const SLOW: Duration = Duration::from_millis(400);
 /// Room for a busy machine in the upper bounds on exit times.
@@ -69,6 +74,8 @@ struct Pod {
     endpoints: SocketAddr,
     /// Dropped after `run`, so the server is gone before its folder is removed.
     app: App,
+    /// lameduck's drain proxy in front of the server, when it runs one.
+    proxy: Option<SocketAddr>,
 }
 
 impl Pod {
@@ -90,11 +97,18 @@ impl Pod {
         let run = Lameduck::start_with(Mode::Pid1, &args, |command| {
             command.envs(env);
         });
+        let proxy = args
+            .iter()
+            .position(|&arg| arg == "--proxy")
+            .and_then(|at| args.get(at + 1))
+            .and_then(|spec| spec.split('=').next())
+            .and_then(|listen| listen.parse().ok());
         let pod = Pod {
             name,
             run,
             endpoints,
             app,
+            proxy,
         };
         // The listening line comes once the endpoints accept connections.
         assert_eq!(pod.run.addr(), endpoints);
@@ -113,7 +127,7 @@ impl Pod {
     fn server(&self) -> Server {
         Server {
             name: self.name.into(),
-            addr: self.app.addr,
+            addr: self.proxy.unwrap_or(self.app.addr),
             check: self.endpoints,
         }
     }
@@ -141,18 +155,45 @@ fn start_load(target: SocketAddr, connections: Connections, workers: usize) -> L
 /// `connections`. No request may fail, b1 must have served before and had requests in flight
 /// at SIGTERM, exit 0 after its delay and soon after, and b2 must serve on alone.
 fn drain_one_of_two(kind: Kind, ip: Ipv4Addr, front: Front, connections: Connections) {
+    drain_one_of_two_with(kind, ip, front, connections, false);
+}
+
+/// `drain_one_of_two`; with `proxy`, each pod's lameduck runs its drain proxy in front of the
+/// server (`--proxy`, `--min-delay PROXY_MIN_DELAY`) and the balancer sends to the proxy.
+fn drain_one_of_two_with(
+    kind: Kind,
+    ip: Ipv4Addr,
+    front: Front,
+    connections: Connections,
+    proxy: bool,
+) {
     let test = format!(
-        "{}-{front:?}-{connections:?}",
-        kind.id().to_ascii_lowercase()
+        "{}-{front:?}-{connections:?}-{}",
+        kind.id().to_ascii_lowercase(),
+        if proxy { "proxy" } else { "direct" }
     );
     let graceful = entry(kind).graceful_stop;
-    let [b1_app, b1_ep, b2_app, b2_ep, listen, up]: [SocketAddr; 6] =
-        free_addrs(ip, 6).try_into().expect("6 addresses");
+    let [b1_app, b1_ep, b1_proxy, b2_app, b2_ep, b2_proxy, listen, up]: [SocketAddr; 8] =
+        free_addrs(ip, 8).try_into().expect("8 addresses");
     let upstream = upstream(kind, &test, up);
     let up = upstream.as_ref().map(|u| u.config.addr);
-    let drain = ["--shutdown-delay", DELAY_FLAG];
-    let mut b1 = Pod::start(kind, &test, "b1", [b1_app, b1_ep], up, graceful, &drain);
-    let b2 = Pod::start(kind, &test, "b2", [b2_app, b2_ep], up, graceful, &drain);
+    let flags = |proxy_addr: SocketAddr, app: SocketAddr| -> Vec<String> {
+        let mut flags = vec!["--shutdown-delay".to_owned(), DELAY_FLAG.to_owned()];
+        if proxy {
+            flags.extend([
+                "--proxy".to_owned(),
+                format!("{proxy_addr}={app}"),
+                "--min-delay".to_owned(),
+                PROXY_MIN_DELAY_FLAG.to_owned(),
+            ]);
+        }
+        flags
+    };
+    let (b1_flags, b2_flags) = (flags(b1_proxy, b1_app), flags(b2_proxy, b2_app));
+    let b1_flags: Vec<&str> = b1_flags.iter().map(String::as_str).collect();
+    let b2_flags: Vec<&str> = b2_flags.iter().map(String::as_str).collect();
+    let mut b1 = Pod::start(kind, &test, "b1", [b1_app, b1_ep], up, graceful, &b1_flags);
+    let b2 = Pod::start(kind, &test, "b2", [b2_app, b2_ep], up, graceful, &b2_flags);
     let haproxy = match front {
         Front::L7 => {
             let haproxy = Haproxy::start(&test, listen, "/readyz", &[b1.server(), b2.server()]);
@@ -196,8 +237,10 @@ fn drain_one_of_two(kind: Kind, ip: Ipv4Addr, front: Front, connections: Connect
         context()
     );
     assert_eq!(exit_code, 0, "b1 exit code: {}", context());
+    // The proxy ends the delay once its connections are gone, never before the minimum.
+    let least = if proxy { PROXY_MIN_DELAY } else { DELAY };
     assert!(
-        took >= DELAY,
+        took >= least,
         "b1 exited {took:?} after SIGTERM, before the delay: {}",
         context()
     );
@@ -349,6 +392,11 @@ macro_rules! server_tests {
                 #[test]
                 fn per_request_clients_through_l4_see_no_failure() {
                     drain_one_of_two($kind, ip(3), Front::L4, Connections::PerRequest);
+                }
+
+                #[test]
+                fn keep_alive_clients_through_l4_see_no_failure_with_the_drain_proxy() {
+                    drain_one_of_two_with($kind, ip(6), Front::L4, Connections::KeepAlive, true);
                 }
 
                 #[test]

@@ -4,14 +4,16 @@
 //! under tini, under dumb-init, under dumb-init rewriting SIGTERM to the server's graceful
 //! signal, and under lameduck: with the short delay these health checks need, with a long fixed
 //! delay, and with the same long delay made adaptive by `--quiet-period`, which shows the time
-//! the adaptive delay saves. Any server of tests/common/apps.rs (`--server`, nginx by default),
+//! the adaptive delay saves, and with its drain proxy in front of the server (`--proxy`),
+//! which moves keep-alive clients off during the delay. Any server of tests/common/apps.rs (`--server`, nginx by default),
 //! its signals from the table of known servers. Through HAProxy in HTTP mode checking
 //! readiness, or (`--l4`) in TCP mode, taking the pod out a fixed time after the SIGTERM as
 //! kube-proxy does. One Markdown table row per run. It shares the tests' load generator,
 //! HAProxy, nginx and server helpers, included by path.
 //!
 //! Usage: zero_downtime_bench [--server NAME] [--runs N] [--keep-alive] [--l4] [--short]
-//! [--lameduck PATH]; `--short` leaves out the two rows with a 15 s delay.
+//! [--only-lameduck] [--lameduck PATH]; `--short` leaves out the two rows with a 15 s delay,
+//! `--only-lameduck` keeps just lameduck with and without its proxy.
 
 #[allow(dead_code)]
 #[path = "../../tests/common/apps.rs"]
@@ -57,6 +59,9 @@ const TAIL: Duration = Duration::from_millis(3500);
 const WORKERS: usize = 8;
 /// When the pod gets SIGKILL if it has not exited: the kubelet's grace period, shortened.
 const GRACE: Duration = Duration::from_secs(10);
+/// The drain proxy's `--min-delay`: past `TAKE_OUT_AFTER`, so that with `--l4` no new
+/// connection reaches the pod once its app has stopped.
+const PROXY_MIN_DELAY: Duration = Duration::from_millis(1500);
 /// With `--l4`, when the balancer takes the pod out after its SIGTERM, as an endpoint update
 /// reaches kube-proxy (the tests' value).
 const TAKE_OUT_AFTER: Duration = Duration::from_secs(1);
@@ -87,10 +92,13 @@ enum Pid1 {
     LameduckLong,
     /// `--shutdown-delay LONG_DELAY --quiet-period QUIET_PERIOD`.
     LameduckAdaptive,
+    /// The drain proxy in front of the server: `--proxy PROXY=APP`, the balancer sending to
+    /// PROXY, with `--min-delay PROXY_MIN_DELAY`.
+    LameduckProxy,
 }
 
 impl Pid1 {
-    const ALL: [Pid1; 7] = [
+    const ALL: [Pid1; 8] = [
         Pid1::Alone,
         Pid1::Tini,
         Pid1::DumbInit,
@@ -98,6 +106,7 @@ impl Pid1 {
         Pid1::Lameduck,
         Pid1::LameduckLong,
         Pid1::LameduckAdaptive,
+        Pid1::LameduckProxy,
     ];
 
     fn label(self, subject: &Subject) -> String {
@@ -112,6 +121,10 @@ impl Pid1 {
             Pid1::Lameduck => "lameduck".into(),
             Pid1::LameduckLong => "lameduck --shutdown-delay 15s".into(),
             Pid1::LameduckAdaptive => "lameduck --shutdown-delay 15s --quiet-period 1s".into(),
+            Pid1::LameduckProxy => format!(
+                "lameduck --proxy (--min-delay {}ms)",
+                PROXY_MIN_DELAY.as_millis()
+            ),
         }
     }
 
@@ -128,17 +141,22 @@ impl Pid1 {
                 format!("15:{}", subject.entry.graceful_stop as i32),
                 "--".into(),
             ],
-            Pid1::Lameduck | Pid1::LameduckLong | Pid1::LameduckAdaptive => {
-                let delay = if matches!(self, Pid1::Lameduck) {
+            Pid1::Lameduck | Pid1::LameduckLong | Pid1::LameduckAdaptive | Pid1::LameduckProxy => {
+                let delay = if matches!(self, Pid1::Lameduck | Pid1::LameduckProxy) {
                     DELAY
                 } else {
                     LONG_DELAY
                 };
                 let delay = format!("{}ms", delay.as_millis());
                 let quiet = format!("{}ms", QUIET_PERIOD.as_millis());
+                let min_delay = format!("{}ms", PROXY_MIN_DELAY.as_millis());
+                let proxy = format!("{}={}", pod.proxy, pod.app);
                 let mut drain = vec!["--shutdown-delay", delay.as_str()];
                 if matches!(self, Pid1::LameduckAdaptive) {
                     drain.extend(["--quiet-period", quiet.as_str()]);
+                }
+                if matches!(self, Pid1::LameduckProxy) {
+                    drain.extend(["--proxy", proxy.as_str(), "--min-delay", min_delay.as_str()]);
                 }
                 let mut argv = vec![lameduck.to_owned()];
                 argv.extend(app.under_lameduck(pod.endpoints, subject.graceful(), &drain));
@@ -153,16 +171,26 @@ impl Pid1 {
     /// readiness probe on the app's port would.
     fn check(self, pod: &PodAddrs) -> (&'static str, SocketAddr) {
         match self {
-            Pid1::Lameduck | Pid1::LameduckLong | Pid1::LameduckAdaptive => {
+            Pid1::Lameduck | Pid1::LameduckLong | Pid1::LameduckAdaptive | Pid1::LameduckProxy => {
                 ("/readyz", pod.endpoints)
             }
             _ => ("/fast", pod.app),
+        }
+    }
+
+    /// Where the balancer sends requests: the proxy's port, or the server's.
+    fn target(self, pod: &PodAddrs) -> SocketAddr {
+        match self {
+            Pid1::LameduckProxy => pod.proxy,
+            _ => pod.app,
         }
     }
 }
 
 struct PodAddrs {
     app: SocketAddr,
+    /// lameduck's drain proxy (used by `Pid1::LameduckProxy` only).
+    proxy: SocketAddr,
     /// lameduck's endpoints (unused by the other inits).
     endpoints: SocketAddr,
 }
@@ -282,8 +310,16 @@ struct Front {
 }
 
 fn run_once(init: Pid1, subject: &Subject, round: usize, front: Front, lameduck: &str) -> Row {
-    let [b1_app, b1_endpoints, b2_app, b2_endpoints, listen, up]: [SocketAddr; 6] =
-        free_addrs(IP, 6).try_into().expect("6 addresses");
+    let [
+        b1_app,
+        b1_endpoints,
+        b1_proxy,
+        b2_app,
+        b2_endpoints,
+        b2_proxy,
+        listen,
+        up,
+    ]: [SocketAddr; 8] = free_addrs(IP, 8).try_into().expect("8 addresses");
     let upstream = subject
         .kind
         .needs_upstream()
@@ -291,10 +327,12 @@ fn run_once(init: Pid1, subject: &Subject, round: usize, front: Front, lameduck:
     let up = upstream.as_ref().map(|u| u.config.addr);
     let b1_addrs = PodAddrs {
         app: b1_app,
+        proxy: b1_proxy,
         endpoints: b1_endpoints,
     };
     let b2_addrs = PodAddrs {
         app: b2_app,
+        proxy: b2_proxy,
         endpoints: b2_endpoints,
     };
     let b1_label = format!("{round}-b1");
@@ -304,7 +342,7 @@ fn run_once(init: Pid1, subject: &Subject, round: usize, front: Front, lameduck:
     let (path, _) = init.check(&b1_addrs);
     let servers = [("b1", &b1_addrs), ("b2", &b2_addrs)].map(|(name, addrs)| Server {
         name: name.into(),
-        addr: addrs.app,
+        addr: init.target(addrs),
         check: init.check(addrs).1,
     });
     let label = format!("bench-{round}");
@@ -373,16 +411,18 @@ fn main() {
     };
     let mut kind = Kind::Nginx;
     let mut short = false;
+    let mut only_lameduck = false;
     let mut lameduck = default_lameduck();
     let mut args = std::env::args().skip(1);
-    let usage =
-        "usage: [--server NAME] [--runs N] [--keep-alive] [--l4] [--short] [--lameduck PATH]";
+    let usage = "usage: [--server NAME] [--runs N] [--keep-alive] [--l4] [--short] \
+                 [--only-lameduck] [--lameduck PATH]";
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--runs" => runs = args.next().and_then(|n| n.parse().ok()).expect("--runs N"),
             "--keep-alive" => front.connections = Connections::KeepAlive,
             "--l4" => front.l4 = true,
             "--short" => short = true,
+            "--only-lameduck" => only_lameduck = true,
             "--server" => {
                 let name = args.next().unwrap_or_default();
                 kind = Kind::from_id(&name).unwrap_or_else(|| {
@@ -435,8 +475,9 @@ fn main() {
     let rows = Pid1::ALL.into_iter().filter(|init| match init {
         // Rewriting SIGTERM to itself measures dumb-init again.
         Pid1::DumbInitQuit => subject.entry.graceful_stop != Signal::SIGTERM,
-        Pid1::LameduckLong | Pid1::LameduckAdaptive => !short,
-        _ => true,
+        Pid1::LameduckLong | Pid1::LameduckAdaptive => !short && !only_lameduck,
+        Pid1::Lameduck | Pid1::LameduckProxy => true,
+        _ => !only_lameduck,
     });
     for init in rows {
         let (mut sent, mut failed, mut exit_after) = (0, 0, Duration::ZERO);
