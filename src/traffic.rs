@@ -311,7 +311,7 @@ impl TrafficWatch {
                 Some(Ok(Some(Socket {
                     idle_ms: Some(ms), ..
                 }))) => {
-                    let idle = Duration::from_millis(ms.into());
+                    let idle = idle_since(ms);
                     quiet_for = quiet_for.min(idle);
                     if let Some(arrival) = at.checked_sub(idle) {
                         self.last_arrival = self.last_arrival.max(arrival);
@@ -402,7 +402,7 @@ impl TrafficWatch {
                     // A socket without tcp_info is placed below, once it is known whether
                     // it is new; an old one received nothing the earlier looks did not see.
                     if let Some(ms) = socket.idle_ms {
-                        let idle = Duration::from_millis(ms.into());
+                        let idle = idle_since(ms);
                         // When the datagram holding it came, less its idle time: never earlier
                         // than the true arrival.
                         let arrival = at.checked_sub(idle).unwrap_or(at);
@@ -492,6 +492,15 @@ const EXACT_TRIES: usize = 3;
 const RECV_BUF: usize = 32 * 1024;
 /// `/proc/net/snmp` is about 1.5 KiB.
 const SNMP_BUF: usize = 8 * 1024;
+
+/// How long a socket has surely been idle, given `tcpi_last_data_recv`: the kernel counts it
+/// in jiffies, which can make it one jiffy (up to 10 ms) longer than the time that passed.
+fn idle_since(ms: u32) -> Duration {
+    Duration::from_millis(ms.into()).saturating_sub(JIFFY)
+}
+
+/// The longest jiffy (`HZ=100`).
+const JIFFY: Duration = Duration::from_millis(10);
 
 /// The key a look keeps per socket: its cookie, shifted, then whether the peer could still
 /// send on it (so that its disappearance may hide bytes), and whether it came without
