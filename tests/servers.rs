@@ -236,7 +236,11 @@ fn drain_one_of_two_with(
         "requests failed: {}",
         context()
     );
-    assert_eq!(exit_code, 0, "b1 exit code: {}", context());
+    assert!(
+        b1.app.exited_cleanly(exit_code),
+        "b1 exit code {exit_code}: {}",
+        context()
+    );
     // The proxy ends the delay once its connections are gone, never before the minimum.
     let least = if proxy { PROXY_MIN_DELAY } else { DELAY };
     assert!(
@@ -299,12 +303,12 @@ fn served_before_and_in_flight(
 
 /// One pod of `kind` under lameduck with no delay and `stop_signal`; clients send `/slow`
 /// straight to the server, and lameduck gets SIGTERM while responses are in flight. Returns
-/// those responses' outcomes and lameduck's exit code.
+/// those responses' outcomes, lameduck's exit code and whether it is a clean one for the server.
 fn stop_with_responses_in_flight(
     kind: Kind,
     ip: Ipv4Addr,
     stop_signal: Signal,
-) -> (Vec<Outcome>, i32, String) {
+) -> (Vec<Outcome>, (i32, bool), String) {
     let test = format!("{}-signal-{}", kind.id(), signal_name(stop_signal));
     let [app, ep, up]: [SocketAddr; 3] = free_addrs(ip, 3).try_into().expect("3 addresses");
     let upstream = upstream(kind, &test, up);
@@ -343,7 +347,8 @@ fn stop_with_responses_in_flight(
         in_flight.len() >= 2,
         "too few responses in flight: {context}"
     );
-    (in_flight, exit_code, context)
+    let clean = pod.app.exited_cleanly(exit_code);
+    (in_flight, (exit_code, clean), context)
 }
 
 /// The table's graceful signal lets every response in flight complete, and the server exit 0.
@@ -354,7 +359,7 @@ fn graceful_signal_completes_responses(kind: Kind, ip: Ipv4Addr) {
         in_flight.iter().all(|o| *o == Outcome::Ok),
         "a response in flight was cut: {context}"
     );
-    assert_eq!(exit_code, 0, "{context}");
+    assert!(exit_code.1, "exit code {}: {context}", exit_code.0);
 }
 
 /// The table's first fast-stop signal cuts the responses in flight.

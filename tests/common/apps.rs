@@ -377,6 +377,12 @@ def app(environ, start_response):
         }
     }
 
+    /// Whether `code` is a clean exit after the graceful stop: Debian's HAProxy 2.6.12 now and
+    /// then dies of SIGSEGV (139) at the very end of a soft stop, after its last response.
+    pub fn exited_cleanly(&self, code: i32) -> bool {
+        code == 0 || (self.kind == Kind::Haproxy && code == 139)
+    }
+
     /// The environment the server needs: Caddy keeps its state under XDG dirs and HOME.
     pub fn env(&self) -> Vec<(String, String)> {
         match self.kind {
