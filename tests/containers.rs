@@ -535,14 +535,13 @@ fn pod_of(name: &str, ip: Ipv4Addr, deployment: &serde_json::Value) -> (Pod, Dur
         if let Some(get) = hook.get("httpGet") {
             let port = get["port"].as_u64().expect("the hook's port by number");
             built = built.pre_stop_http_get(port as u16, get["path"].as_str().expect("a path"));
+        } else if let Some(command) = strings(&hook["exec"]["command"]) {
+            built = built.pre_stop_exec(&command.iter().map(String::as_str).collect::<Vec<_>>());
         } else {
             assert!(
                 hook.is_null(),
                 "a preStop hook this model cannot run: {hook}"
             );
-        }
-        if let Some(command) = strings(&c["lifecycle"]["preStop"]["exec"]["command"]) {
-            built = built.pre_stop_exec(&command.iter().map(String::as_str).collect::<Vec<_>>());
         }
         built
     };
