@@ -221,6 +221,7 @@ const RULES: &[(&str, &str)] = &[
     ("pdb-missing", "warning"),
     ("pdb-allows-all-down", "error"),
     ("service-publishes-not-ready", "error"),
+    ("service-bypasses-proxy", "error"),
 ];
 
 /// One test per rule, named after it.
@@ -269,6 +270,7 @@ rule_tests!(
     pdb_missing,
     pdb_allows_all_down,
     service_publishes_not_ready,
+    service_bypasses_proxy,
 );
 
 #[test]

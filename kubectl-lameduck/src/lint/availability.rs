@@ -1,8 +1,10 @@
 //! Whether enough pods stay up while some shut down: replicas, the rollout strategy, the
 //! PodDisruptionBudgets that select a workload's pods, and Services that route to pods that
-//! are not ready. Checked across every object lint was given, so a PDB in another file counts.
+//! are not ready or that bypass lameduck's drain proxy. Checked across every object lint was
+//! given, so a PDB in another file counts.
 
-use super::manifest::{Count, Kind, Object, Path, selects, service_selects};
+use super::lameduck;
+use super::manifest::{Count, Kind, Object, Path, Pod, selects, service_selects};
 use super::report::{Finding, Findings, Rule};
 use super::yaml::Node;
 
@@ -18,7 +20,21 @@ pub fn check(objects: &[Object<'_>], drained: &[&Object<'_>], list: &mut Vec<Fin
         let Some(pod) = workload.pod() else {
             continue;
         };
+        let routes: Vec<(u16, u16)> = pod
+            .containers
+            .iter()
+            .filter(|c| c.runs_alongside())
+            .filter_map(lameduck::read)
+            .flat_map(|l| l.settings.proxy)
+            .map(|route| (route.listen.port(), route.app.port()))
+            .collect();
         for service in objects.iter().filter(|o| o.kind == Kind::Service) {
+            if !routes.is_empty()
+                && service.shares_namespace_with(workload)
+                && service_selects(service.node.at(&["spec", "selector"]), pod.labels)
+            {
+                bypasses_proxy(service, workload, &pod, &routes, list);
+            }
             let publishes = service.node.at(&["spec", "publishNotReadyAddresses"]);
             if publishes.is_some_and(Node::is_true)
                 && service.shares_namespace_with(workload)
@@ -86,6 +102,67 @@ pub fn check(objects: &[Object<'_>], drained: &[&Object<'_>], list: &mut Vec<Fin
             budget(pdb, None, list);
         }
     }
+}
+
+/// A Service in front of pods whose lameduck proxies their traffic must send it to the
+/// proxy's port: to the app's own port, kept-alive clients are not moved off in the drain.
+fn bypasses_proxy(
+    service: &Object<'_>,
+    workload: &Object<'_>,
+    pod: &Pod<'_>,
+    routes: &[(u16, u16)],
+    list: &mut Vec<Finding>,
+) {
+    let ports = service
+        .node
+        .at(&["spec", "ports"])
+        .map(Node::items)
+        .unwrap_or_default();
+    for (index, port) in ports.iter().enumerate() {
+        // Without targetPort, Kubernetes uses the Service's port number.
+        let (target, key) = match port.get("targetPort") {
+            Some(target) => (target, "targetPort"),
+            None => match port.get("port") {
+                Some(number) => (number, "port"),
+                None => continue,
+            },
+        };
+        let Some(number) = target_number(pod, target) else {
+            continue;
+        };
+        if routes
+            .iter()
+            .any(|(listen, _)| i64::from(*listen) == number)
+        {
+            continue;
+        }
+        let Some((listen, app)) = routes.iter().find(|(_, app)| i64::from(*app) == number) else {
+            continue;
+        };
+        Findings::new(service, list).add(
+            Rule::ServiceBypassesProxy,
+            None,
+            &service.path.keys(&["spec", "ports"]).index(index).key(key),
+            format!("the Service sends traffic to {}/{}'s app on its own port {app}, bypassing lameduck's drain proxy on port {listen}: kept-alive clients are not moved off in the drain", workload.kind.name(), workload.name),
+            format!("set targetPort: {listen}"),
+        );
+    }
+}
+
+/// A Service's targetPort as the endpoints resolve it: a number, or a name among the ports of
+/// the pod's containers and native sidecars.
+fn target_number(pod: &Pod<'_>, target: &Node) -> Option<i64> {
+    if let Some(number) = target.int() {
+        return Some(number);
+    }
+    let name = target.text()?;
+    pod.containers
+        .iter()
+        .filter(|c| c.runs_alongside())
+        .flat_map(|c| c.node.get("ports").map(Node::items).unwrap_or_default())
+        .find(|p| p.get("name").and_then(Node::text) == Some(name))
+        .and_then(|p| p.get("containerPort"))
+        .and_then(Node::int)
 }
 
 /// A rollout must never take every pod down at once.

@@ -12,7 +12,7 @@ use nix::sys::signal::Signal;
 use super::manifest::{Container, Path};
 use super::yaml::Node;
 use ::lameduck::cli::{self, Cli, DrainArgs, Mode};
-use ::lameduck::settings::ReadinessDuringDelay;
+use ::lameduck::settings::{ReadinessDuringDelay, Route};
 use ::lameduck::signals::Rewrites;
 
 /// How a container runs lameduck.
@@ -60,6 +60,8 @@ pub struct Settings {
     pub pid_file: Option<Setting<String>>,
     /// Whether `--process-name` is given.
     pub process_name: bool,
+    /// `--proxy`'s routes, when every value is known here (else none).
+    pub proxy: Vec<Route>,
 }
 
 impl Settings {
@@ -549,6 +551,10 @@ impl<'a> Reader<'a> {
                 path,
             }),
             process_name: self.in_effect("process-name").is_some(),
+            proxy: drain
+                .filter(|_| self.known("proxy"))
+                .map(|d| d.proxy.clone())
+                .unwrap_or_default(),
         }
     }
 

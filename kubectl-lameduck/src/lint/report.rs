@@ -84,6 +84,7 @@ rules! {
     PdbMissing = "pdb-missing", Warning;
     PdbAllowsAllDown = "pdb-allows-all-down", Error;
     ServicePublishesNotReady = "service-publishes-not-ready", Error;
+    ServiceBypassesProxy = "service-bypasses-proxy", Error;
 }
 
 /// One problem in one object.
