@@ -35,7 +35,7 @@ spec:
           readinessProbe: {httpGet: {path: /readyz, port: 8099}, periodSeconds: 1, failureThreshold: 2}
           livenessProbe: {httpGet: {path: /livez, port: 8099}}
           lifecycle:
-            preStop: {httpGet: {path: /prestop, port: 8099}}
+            preStop: {exec: {command: [/lameduck, prestop]}}
 ---
 apiVersion: policy/v1
 kind: PodDisruptionBudget
@@ -59,7 +59,12 @@ spec:
       labels: {app: side}
     spec:
       shareProcessNamespace: true
+      volumes: [{name: bin, emptyDir: {}}]
       initContainers:
+        - name: install
+          image: lameduck:0.1.0
+          command: [/lameduck, install, /shared]
+          volumeMounts: [{name: bin, mountPath: /shared}]
         - name: lameduck
           image: lameduck:0.1.0
           restartPolicy: Always
@@ -69,8 +74,9 @@ spec:
         - name: app
           image: app:1
           readinessProbe: {httpGet: {path: /readyz, port: 8099}, periodSeconds: 1, failureThreshold: 2}
+          volumeMounts: [{name: bin, mountPath: /shared}]
           lifecycle:
-            preStop: {httpGet: {path: /prestop, port: 8099}}
+            preStop: {exec: {command: [/shared/lameduck, prestop]}}
 ---
 apiVersion: policy/v1
 kind: PodDisruptionBudget
@@ -107,7 +113,7 @@ spec:
           readinessProbe: {httpGet: {path: /readyz, port: 8099}, periodSeconds: 1, failureThreshold: 2}
           livenessProbe: {httpGet: {path: /livez, port: 8099}}
           lifecycle:
-            preStop: {httpGet: {path: /prestop, port: 8099}}
+            preStop: {exec: {command: [/shared/lameduck, prestop]}}
 ---
 apiVersion: policy/v1
 kind: PodDisruptionBudget
@@ -200,6 +206,8 @@ const RULES: &[(&str, &str)] = &[
     ("prestop-not-lameduck", "error"),
     ("prestop-named-port", "error"),
     ("prestop-no-token", "error"),
+    ("prestop-http-refused", "error"),
+    ("prestop-exec-unseen", "warning"),
     ("prestop-sleep", "warning"),
     ("grace-too-short", "error"),
     ("grace-period-mismatch", "error"),
@@ -249,6 +257,8 @@ rule_tests!(
     prestop_not_lameduck,
     prestop_named_port,
     prestop_no_token,
+    prestop_http_refused,
+    prestop_exec_unseen,
     prestop_sleep,
     grace_too_short,
     grace_period_mismatch,
@@ -530,7 +540,7 @@ fn wrapped(image: &str, flags: &str, command: &str) -> String {
          command: [/lameduck, {flags} --, {command}]\n          \
          readinessProbe: {{httpGet: {{path: /readyz, port: 8099}}, periodSeconds: 1, failureThreshold: 2}}\n          \
          livenessProbe: {{httpGet: {{path: /livez, port: 8099}}}}\n          \
-         lifecycle: {{preStop: {{httpGet: {{path: /prestop, port: 8099}}}}}}\n---\n\
+         lifecycle: {{preStop: {{exec: {{command: [/lameduck, prestop]}}}}}}\n---\n\
          apiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata: {{name: web}}\n\
          spec: {{minAvailable: 1, selector: {{matchLabels: {{app: web}}}}}}\n"
     )
@@ -575,6 +585,18 @@ fn each_known_server_wants_its_own_graceful_signal() {
             "{message}"
         );
     }
+}
+
+#[test]
+fn lifecycle_stop_signal_reaches_the_wrapper_not_the_server() {
+    let pod = wrapped("nginx:1.27", "", "nginx")
+        .replace("lifecycle: {", "lifecycle: {stopSignal: SIGQUIT, ");
+    let ran = lint(&["--format", "json", "-"], &pod);
+    let list = findings(&ran);
+    assert_eq!(list.len(), 1, "{}", ran.stdout);
+    assert_eq!(list[0]["rule"], "stop-signal");
+    let fix = list[0]["fix"].as_str().unwrap_or_default();
+    assert!(fix.contains("reaches lameduck, not the app"), "{fix}");
 }
 
 #[test]

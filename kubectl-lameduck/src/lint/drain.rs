@@ -172,12 +172,30 @@ impl Drain<'_, '_> {
         }
         let argv = hook.exec_command().unwrap_or_default();
         // The in-pod hook: it reaches lameduck over the pod's own hook socket.
-        if argv.len() >= 2 && argv[0].ends_with("lameduck") && argv[1] == "prestop" {
+        if argv.len() >= 2 && argv[0].rsplit('/').next() == Some("lameduck") && argv[1] == "prestop"
+        {
+            if !self.has_lameduck(container, argv[0]) {
+                findings.add(
+                    Rule::PrestopExecUnseen,
+                    Some(container),
+                    &path.keys(&["exec", "command"]).index(0),
+                    format!("the preStop hook runs {}, which lint does not see in container \"{}\": the container does not run it, and no install init container puts it on a volume mounted there; if the image lacks it, the hook fails and the kubelet sends the stop signal at once", argv[0], container.name),
+                    "add an init container running `lameduck install /shared` onto an emptyDir, mount it at /shared here and run [/shared/lameduck, prestop]; ignore this if the image has the binary".into(),
+                );
+            }
             return;
         }
         let exec = argv.join(" ");
         if exec.contains(&format!(":{port}/prestop")) {
-            if token && !exec.contains("Authorization") {
+            if !token && !self.settings().prestop_insecure {
+                findings.add(
+                    Rule::PrestopHttpRefused,
+                    Some(container),
+                    &path.keys(&["exec", "command"]),
+                    "the preStop command calls /prestop over HTTP, but lameduck has neither --prestop-token nor --prestop-insecure: it refuses the call (403)".into(),
+                    fix,
+                );
+            } else if token && !exec.contains("Authorization") {
                 findings.add(
                     Rule::PrestopNoToken,
                     Some(container),
@@ -195,6 +213,29 @@ impl Drain<'_, '_> {
             format!("the preStop hook does not call lameduck's /prestop on port {port}"),
             fix,
         );
+    }
+
+    /// Whether `program` is a lameduck the container has: the one it runs itself, or a copy that
+    /// an install init container put on a volume the container mounts at `program`'s directory.
+    fn has_lameduck(&self, container: &Container<'_>, program: &str) -> bool {
+        if container.path == self.runner.path && program == self.lameduck.program {
+            return true;
+        }
+        let Some((dir, _)) = program.rsplit_once('/') else {
+            return false;
+        };
+        let Some(mounted) = container.volume_at(dir) else {
+            return false;
+        };
+        self.pod
+            .containers
+            .iter()
+            .filter(|c| c.init)
+            .filter_map(|c| match lameduck::read(c)?.role {
+                Role::Install { dir } => c.volume_at(&dir),
+                _ => None,
+            })
+            .any(|installed| installed == mounted)
     }
 
     fn prestop_http_get(
@@ -216,7 +257,8 @@ impl Drain<'_, '_> {
             );
         };
         let called = get.get("path").and_then(Node::text).unwrap_or("/");
-        if called.split('?').next() != Some("/prestop") {
+        let calls_prestop = called.split('?').next() == Some("/prestop");
+        if !calls_prestop {
             wrong(
                 "path",
                 format!("the preStop hook calls {called}, not /prestop"),
@@ -235,7 +277,9 @@ impl Drain<'_, '_> {
         {
             wrong(
                 "scheme",
-                format!("the preStop hook uses {scheme}; lameduck serves plain HTTP"),
+                format!(
+                    "the preStop hook uses {scheme}, which lameduck does not serve: the kubelet falls back to plain HTTP and strips the Authorization header, so a token never arrives"
+                ),
             );
         }
         match get.get("port") {
@@ -265,7 +309,17 @@ impl Drain<'_, '_> {
                 .and_then(Node::text)
                 .is_some_and(|n| n.eq_ignore_ascii_case("Authorization"))
         });
-        if self.settings().prestop_token && !authorized {
+        let settings = self.settings();
+        if calls_prestop && !settings.prestop_token && !settings.prestop_insecure {
+            findings.add(
+                Rule::PrestopHttpRefused,
+                Some(container),
+                path,
+                "the preStop hook calls /prestop over HTTP, but lameduck has neither --prestop-token nor --prestop-insecure: it refuses the call (403), the kubelet ignores the status, and the drain never starts from the hook".into(),
+                "use lifecycle.preStop.exec with command [PATH/lameduck, prestop] (or pass --prestop-token and send it as Authorization: Bearer)".into(),
+            );
+        }
+        if settings.prestop_token && !authorized {
             findings.add(
                 Rule::PrestopNoToken,
                 Some(container),
@@ -502,11 +556,14 @@ impl Drain<'_, '_> {
             return;
         };
         let graceful = short_name(server.graceful_stop);
-        let graceful_by_kubelet = container
-            .node
-            .at(&["lifecycle", "stopSignal"])
-            .and_then(Node::text)
-            .is_some_and(|s| s.strip_prefix("SIG").unwrap_or(s) == graceful);
+        // lifecycle.stopSignal is what the runtime sends the container's PID 1: the app only
+        // beside a sidecar; in the wrapper and install shapes it reaches lameduck, not the app.
+        let graceful_by_kubelet = self.lameduck.role == Role::Sidecar
+            && container
+                .node
+                .at(&["lifecycle", "stopSignal"])
+                .and_then(Node::text)
+                .is_some_and(|s| s.strip_prefix("SIG").unwrap_or(s) == graceful);
         if signal == server.graceful_stop || graceful_by_kubelet {
             return;
         }
@@ -520,7 +577,10 @@ impl Drain<'_, '_> {
             Some(self.runner),
             &settings.stop_signal.path,
             format!("container \"{}\" runs {}, which {effect} SIG{}: only SIG{graceful} lets it finish its responses", container.name, server.name, short_name(signal)),
-            format!("pass --stop-signal {graceful} to lameduck (or set lifecycle.stopSignal: SIG{graceful})"),
+            match self.lameduck.role {
+                Role::Sidecar => format!("pass --stop-signal {graceful} to lameduck (or set lifecycle.stopSignal: SIG{graceful} on the app)"),
+                _ => format!("pass --stop-signal {graceful} to lameduck (lifecycle.stopSignal reaches lameduck, not the app)"),
+            },
         );
     }
 

@@ -56,6 +56,8 @@ pub struct Settings {
     pub grace_period: Option<Setting<Duration>>,
     /// Whether `--prestop-token` is set (its value usually comes from a Secret).
     pub prestop_token: bool,
+    /// Whether `--prestop-insecure` is set: /prestop accepts calls without a token.
+    pub prestop_insecure: bool,
     /// `--pid-file`, when given.
     pub pid_file: Option<Setting<String>>,
     /// Whether `--process-name` is given.
@@ -543,6 +545,7 @@ impl<'a> Reader<'a> {
                 .in_effect("grace-period")
                 .map(|_| self.setting("grace-period", drain.and_then(|d| d.grace_period))),
             prestop_token: self.in_effect("prestop-token").is_some(),
+            prestop_insecure: self.in_effect("prestop-insecure").is_some(),
             pid_file: self.in_effect("pid-file").map(|path| Setting {
                 value: self
                     .known("pid-file")
@@ -872,6 +875,7 @@ mod tests {
         );
         assert_eq!(s.stop_signal.value, Some(stop), "{argv:?}");
         assert_eq!(s.prestop_token, drain.prestop_token.is_some(), "{argv:?}");
+        assert_eq!(s.prestop_insecure, drain.prestop_insecure, "{argv:?}");
     }
 
     #[test]

@@ -275,6 +275,7 @@ mod tests {
         "/run/app.pid",
         "--process-name",
         "--prestop-token",
+        "--prestop-insecure",
         "--grace-period=10s",
         "--bogus",
         "5s",

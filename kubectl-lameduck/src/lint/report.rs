@@ -63,6 +63,8 @@ rules! {
     PrestopNotLameduck = "prestop-not-lameduck", Error;
     PrestopNamedPort = "prestop-named-port", Error;
     PrestopNoToken = "prestop-no-token", Error;
+    PrestopHttpRefused = "prestop-http-refused", Error;
+    PrestopExecUnseen = "prestop-exec-unseen", Warning;
     PrestopSleep = "prestop-sleep", Warning;
     GraceTooShort = "grace-too-short", Error;
     GracePeriodMismatch = "grace-period-mismatch", Error;
