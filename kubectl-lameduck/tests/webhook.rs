@@ -43,9 +43,14 @@ struct Setup {
 }
 
 fn setup(name: &str) -> Setup {
+    setup_with(name, &[])
+}
+
+/// A webhook started with more flags.
+fn setup_with(name: &str, flags: &[&str]) -> Setup {
     let ca = Ca::new();
     let volume = SecretVolume::new(&scratch(name), &ca.serving());
-    let webhook = Webhook::start(&volume.cert(), &volume.key(), &[]);
+    let webhook = Webhook::start(&volume.cert(), &volume.key(), flags);
     Setup {
         ca,
         volume,
@@ -421,10 +426,17 @@ fn patched(review: &Value, response: &Value) -> Value {
 /// Asserts the patched pod is what `kubectl lameduck inject` makes of the same pod, that it
 /// passes Kubernetes' schemas (1.29 and 1.37, strict) and that lint finds nothing wrong.
 fn assert_is_injects_own(name: &str, review: &Value, pod: &Value) {
+    assert_is_injects_own_with(name, review, pod, &[]);
+}
+
+/// The same, against inject run with the setting flags `settings`.
+fn assert_is_injects_own_with(name: &str, review: &Value, pod: &Value, settings: &[&str]) {
     let dir = scratch(name);
     let original = dir.join("pod.json");
     std::fs::write(&original, review["request"]["object"].to_string()).unwrap();
-    let (code, stdout, stderr) = plugin(&["inject", original.to_str().unwrap()]);
+    let mut args = vec!["inject", original.to_str().unwrap()];
+    args.extend_from_slice(settings);
+    let (code, stdout, stderr) = plugin(&args);
     assert_eq!(code, Some(0), "inject failed: {stderr}");
     let injected: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(pod, &injected, "the webhook's pod differs from inject's");
@@ -491,6 +503,26 @@ fn annotations_choose_the_shape_and_the_patch_follows() {
     let pod = patched(&review, &response);
     assert_is_injects_own("webhook-annotated-shape-pod", &review, &pod);
     assert_eq!(pod["spec"]["shareProcessNamespace"], true, "{pod}");
+}
+
+#[test]
+fn the_webhooks_setting_flags_mean_what_injects_same_flags_mean() {
+    let settings = [
+        "--shape=sidecar",
+        "--shutdown-delay=7s",
+        "--drain-timeout=15s",
+        "--image=registry.example/lameduck:9",
+        "--port=9100",
+    ];
+    let setup = setup_with("webhook-setting-flags", &settings);
+    let review = pod_review("shop", |_| {});
+    let response = setup.review("/mutate", &review);
+    let pod = patched(&review, &response);
+    assert_is_injects_own_with("webhook-setting-flags-pod", &review, &pod, &settings);
+    let text = pod.to_string();
+    for wanted in ["registry.example/lameduck:9", "--shutdown-delay=7s", "9100"] {
+        assert!(text.contains(wanted), "{wanted} is not in {text}");
+    }
 }
 
 #[test]

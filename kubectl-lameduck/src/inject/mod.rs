@@ -61,13 +61,11 @@ const WORKLOADS: &[&str] = &[
     "Pod",
 ];
 
-/// Flags of `kubectl lameduck inject`.
+/// The settings flags of `inject` and of `webhook` (for the webhook, the cluster's defaults):
+/// one definition, so the two commands cannot drift. A pod's `lameduck.io/...` annotations,
+/// and a workload's, override them.
 #[derive(clap::Args, Debug)]
-pub struct InjectArgs {
-    /// Manifest files (multi-document YAML, a List, or JSON); `-` reads standard input.
-    #[arg(value_name = "FILE", required = true)]
-    pub files: Vec<PathBuf>,
-
+pub struct SettingArgs {
     /// How lameduck goes into the pod (annotation lameduck.io/shape).
     #[arg(long, value_name = "SHAPE", default_value = "auto")]
     pub shape: Shape,
@@ -80,6 +78,46 @@ pub struct InjectArgs {
     #[arg(long, value_name = "DURATION", default_value = "20s", value_parser = duration::parse)]
     pub drain_timeout: Duration,
 
+    /// The lameduck image the installer and the sidecar run (annotation lameduck.io/image).
+    #[arg(long, value_name = "IMAGE", default_value_t = Options::default().image)]
+    pub image: String,
+
+    /// An image that already contains /lameduck: auto gives it the wrapper shape (repeatable).
+    #[arg(long = "wrapper-image", value_name = "IMAGE")]
+    pub wrapper_images: Vec<String>,
+
+    /// lameduck's port (annotation lameduck.io/port).
+    #[arg(long, value_name = "PORT", default_value_t = 8099, value_parser = clap::value_parser!(u16).range(1..))]
+    pub port: u16,
+}
+
+impl SettingArgs {
+    /// The options these flags give; what they do not set is [`Options::default`]'s.
+    pub fn options(&self) -> Options {
+        Options {
+            shape: self.shape,
+            shutdown_delay: self.shutdown_delay,
+            drain_timeout: self.drain_timeout,
+            image: self.image.clone(),
+            wrapper_images: self.wrapper_images.clone(),
+            port: self.port,
+            ..Options::default()
+        }
+    }
+}
+
+/// Flags of `kubectl lameduck inject`.
+#[derive(clap::Args, Debug)]
+pub struct InjectArgs {
+    /// Manifest files (multi-document YAML, a List, or JSON); `-` reads standard input.
+    #[arg(value_name = "FILE", required = true)]
+    pub files: Vec<PathBuf>,
+
+    #[command(flatten)]
+    pub settings: SettingArgs,
+
+    // The app's own facts: they name one app, so they are not the webhook's (a pod says them
+    // by annotation).
     /// The app's graceful stop signal [default: the known server's, else TERM] (annotation lameduck.io/stop-signal).
     #[arg(long, value_name = "SIGNAL")]
     pub stop_signal: Option<SignalArg>,
@@ -95,18 +133,6 @@ pub struct InjectArgs {
     /// The app's process name, for the sidecar shape (annotation lameduck.io/process-name).
     #[arg(long, value_name = "NAME")]
     pub process_name: Option<String>,
-
-    /// The lameduck image the installer and the sidecar run (annotation lameduck.io/image).
-    #[arg(long, value_name = "IMAGE", default_value_t = Options::default().image)]
-    pub image: String,
-
-    /// An image that already contains /lameduck: auto gives it the wrapper shape (repeatable).
-    #[arg(long = "wrapper-image", value_name = "IMAGE")]
-    pub wrapper_images: Vec<String>,
-
-    /// lameduck's port (annotation lameduck.io/port).
-    #[arg(long, value_name = "PORT", default_value_t = 8099, value_parser = clap::value_parser!(u16).range(1..))]
-    pub port: u16,
 
     /// Add a PodDisruptionBudget (minAvailable: 1) for each workload that no budget in the input selects.
     #[arg(long)]
@@ -126,16 +152,11 @@ impl InjectArgs {
             None => None,
         };
         Ok(Options {
-            shape: self.shape,
-            shutdown_delay: self.shutdown_delay,
-            drain_timeout: self.drain_timeout,
             stop_signal: self.stop_signal.map(|s| s.0),
             command,
             container: self.container.clone(),
             process_name: self.process_name.clone(),
-            image: self.image.clone(),
-            wrapper_images: self.wrapper_images.clone(),
-            port: self.port,
+            ..self.settings.options()
         })
     }
 }

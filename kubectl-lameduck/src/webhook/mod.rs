@@ -18,11 +18,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use std::time::Duration;
 
 use clap::Args;
 use lameduck::cli::{LogArgs, LogFormat, LogLevel};
-use lameduck::duration;
 
 use crate::{EXIT_USAGE, inject, say};
 
@@ -41,25 +39,9 @@ pub struct WebhookArgs {
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:8443")]
     listen: SocketAddr,
 
-    /// The shape of lameduck in pods that do not choose one (annotation lameduck.io/shape).
-    #[arg(long, value_name = "SHAPE", default_value = "auto")]
-    shape: inject::Shape,
-
-    /// lameduck's --shutdown-delay in pods that do not choose one (annotation lameduck.io/shutdown-delay).
-    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = duration::parse)]
-    shutdown_delay: Duration,
-
-    /// lameduck's --drain-timeout in pods that do not choose one (annotation lameduck.io/drain-timeout).
-    #[arg(long, value_name = "DURATION", default_value = "20s", value_parser = duration::parse)]
-    drain_timeout: Duration,
-
-    /// The lameduck image the installer and the sidecar run (annotation lameduck.io/image).
-    #[arg(long, value_name = "IMAGE", default_value_t = inject::Options::default().image)]
-    image: String,
-
-    /// An image that already contains /lameduck: auto gives it the wrapper shape (repeatable).
-    #[arg(long = "wrapper-image", value_name = "IMAGE")]
-    wrapper_images: Vec<String>,
+    /// The cluster's defaults: what a pod gets unless its annotations say otherwise.
+    #[command(flatten)]
+    settings: inject::SettingArgs,
 
     /// The least severe log level written (logs are JSON, one object per line).
     #[arg(long, value_name = "LEVEL", default_value = "info")]
@@ -76,14 +58,7 @@ pub fn run(args: WebhookArgs) -> i32 {
         say(format_args!("kubectl-lameduck: webhook: {line}"));
         code
     };
-    let options = inject::Options {
-        shape: args.shape,
-        shutdown_delay: args.shutdown_delay,
-        drain_timeout: args.drain_timeout,
-        image: args.image,
-        wrapper_images: args.wrapper_images,
-        ..inject::Options::default()
-    };
+    let options = args.settings.options();
     let (config, reloader) = match tls::load(tls::CertFiles {
         cert: args.tls_cert,
         key: args.tls_key,
