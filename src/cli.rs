@@ -461,30 +461,60 @@ pub fn parse() -> Cli {
 /// variables through this very definition. A flag beats its variable (the last one of a name
 /// counts), which beats the default; a variable of a switch is `true` or `false`.
 pub fn parse_from<S: AsRef<str>>(argv: &[S], env: &[(S, S)]) -> Result<Cli, clap::Error> {
-    use clap::builder::TypedValueParser;
-    use clap::{CommandFactory, FromArgMatches};
+    use clap::CommandFactory;
 
     let argv: Vec<&str> = argv.iter().map(AsRef::as_ref).collect();
-    let with_env = Cli::command();
-    let mut command = without_env(with_env.clone());
+    let env: Vec<(&str, &str)> = env.iter().map(|(n, v)| (n.as_ref(), v.as_ref())).collect();
+    DEFINITIONS.with_borrow_mut(|definitions| {
+        let (with_env, without) = definitions.get_or_insert_with(|| {
+            let with_env = Cli::command();
+            let without = without_env(with_env.clone());
+            (with_env, without)
+        });
+        parse_with(with_env, without, &argv, &env)
+    })
+}
+
+thread_local! {
+    /// The definition, and the same without its variables, built once per thread: the plugin
+    /// parses each lameduck container's flags a few times, and building clap's definition
+    /// costs more than a parse. clap's `try_get_matches_from_mut` is made for reuse.
+    static DEFINITIONS: std::cell::RefCell<Option<(clap::Command, clap::Command)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// [`parse_from`] with the definitions at hand.
+fn parse_with(
+    with_env: &clap::Command,
+    command: &mut clap::Command,
+    argv: &[&str],
+    env: &[(&str, &str)],
+) -> Result<Cli, clap::Error> {
+    use clap::FromArgMatches;
+    use clap::builder::TypedValueParser;
+
     // Which arguments the command line gives, so that their variables are ignored.
-    let matches = command.try_get_matches_from_mut(&argv)?;
+    let matches = command.try_get_matches_from_mut(argv.iter().copied())?;
     let mode = argv
         .get(1)
         .filter(|word| with_env.find_subcommand(word).is_some());
     let (definition, matches) = match mode {
         Some(word) => (
-            with_env.find_subcommand(word).unwrap_or(&with_env),
+            with_env.find_subcommand(word).unwrap_or(with_env),
             matches.subcommand_matches(word).unwrap_or(&matches),
         ),
-        None => (&with_env, &matches),
+        None => (with_env, &matches),
     };
     let mut from_env = Vec::new();
     for arg in definition.get_arguments() {
         let (Some(variable), Some(long)) = (arg.get_env(), arg.get_long()) else {
             continue;
         };
-        let Some((_, value)) = env.iter().rev().find(|(name, _)| name.as_ref() == variable) else {
+        let Some((_, value)) = env
+            .iter()
+            .rev()
+            .find(|(name, _)| std::ffi::OsStr::new(name) == variable)
+        else {
             continue;
         };
         let id = arg.get_id().as_str();
@@ -492,18 +522,18 @@ pub fn parse_from<S: AsRef<str>>(argv: &[S], env: &[(S, S)]) -> Result<Cli, clap
             continue;
         }
         if arg.get_action().takes_values() {
-            from_env.push(format!("--{long}={}", value.as_ref()));
+            from_env.push(format!("--{long}={value}"));
         } else if clap::builder::BoolValueParser::new().parse_ref(
             definition,
             None,
-            std::ffi::OsStr::new(value.as_ref()),
+            std::ffi::OsStr::new(value),
         )? {
             from_env.push(format!("--{long}"));
         }
     }
     // The variables' flags go right after the mode word, before the app's command.
     let at = 1 + usize::from(mode.is_some());
-    let mut full: Vec<&str> = argv.get(..at).unwrap_or(&argv).to_vec();
+    let mut full: Vec<&str> = argv.get(..at).unwrap_or(argv).to_vec();
     full.extend(from_env.iter().map(String::as_str));
     full.extend(argv.get(at..).unwrap_or_default());
     let matches = command.try_get_matches_from_mut(full)?;

@@ -4,6 +4,7 @@
 //! (`lameduck::cli`), so the plugin accepts exactly what lameduck accepts.
 
 use std::net::SocketAddr;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use clap::CommandFactory;
@@ -99,13 +100,26 @@ struct Flag {
     takes_value: bool,
 }
 
-/// The flags of a command line of lameduck: the wrapper's, or those of a mode like `sidecar`.
-fn flags(mode: Option<&str>) -> Vec<Flag> {
-    let command = Cli::command();
-    let command = match mode {
-        Some(mode) => command.find_subcommand(mode).cloned().unwrap_or_default(),
-        None => command,
-    };
+/// The flags of a command line of lameduck: the wrapper's, or those of a mode like `sidecar`;
+/// read from its clap definition once (lint reads every lameduck container through them).
+fn flags(mode: Option<&str>) -> &'static [Flag] {
+    static ALL: OnceLock<Vec<(Option<String>, Vec<Flag>)>> = OnceLock::new();
+    let all = ALL.get_or_init(|| {
+        let command = Cli::command();
+        let mut all = vec![(None, flags_of(&command))];
+        all.extend(
+            command
+                .get_subcommands()
+                .map(|mode| (Some(mode.get_name().to_owned()), flags_of(mode))),
+        );
+        all
+    });
+    all.iter()
+        .find(|(name, _)| name.as_deref() == mode)
+        .map_or(&[], |(_, flags)| flags.as_slice())
+}
+
+fn flags_of(command: &clap::Command) -> Vec<Flag> {
     command
         .get_arguments()
         .filter_map(|arg| {
@@ -182,7 +196,7 @@ struct Arg<'a> {
 }
 
 /// A flag's value as written: known text, or decided at run time.
-#[derive(Clone, Debug)]
+#[derive(Clone, Copy, Debug)]
 enum Raw<'a> {
     Text(&'a str),
     RunTime,
@@ -229,7 +243,7 @@ pub fn read(container: &Container<'_>) -> Option<Lameduck> {
     let command_path = container.path.key(field);
     let mut reader = Reader {
         flags: match role {
-            Role::Install { .. } => Vec::new(),
+            Role::Install { .. } => &[],
             _ => flags(role.mode()),
         },
         role,
@@ -313,7 +327,7 @@ fn raw(text: &str) -> Raw<'_> {
 /// has the path where it is written.
 struct Reader<'a> {
     role: Role,
-    flags: Vec<Flag>,
+    flags: &'static [Flag],
     given: Vec<Given<'a>>,
     default_path: Path,
     problems: Vec<(Path, String)>,
@@ -438,27 +452,52 @@ impl<'a> Reader<'a> {
         }
     }
 
-    /// Records one value, checked alone by lameduck's own parser when it is known.
+    /// Records one value; [`Reader::settings`] checks it.
     fn give(&mut self, flag: usize, source: Source, raw: Raw<'a>, path: Path) {
-        let mut accepted = true;
-        if let Raw::Text(text) = raw {
-            let (words, env) = self.words(flag, source, text);
-            if let Err(err) = self.role.parse(&words, &env) {
-                accepted = false;
-                let label = match source {
-                    Source::Line => format!("--{}", self.flags[flag].long),
-                    Source::Env => self.flags[flag].env.clone().unwrap_or_default(),
-                };
-                self.problem(path.clone(), format!("{label}: {}", reason(&err)));
-            }
-        }
         self.given.push(Given {
             flag,
             source,
             raw,
             path,
-            accepted,
+            accepted: true,
         });
+    }
+
+    /// Checks each known value alone with lameduck's own parser, so that each wrong one is
+    /// reported where it is written; those it refuses are no longer accepted.
+    fn check_each(&mut self) {
+        for index in 0..self.given.len() {
+            let Given {
+                flag, source, raw, ..
+            } = self.given[index];
+            let Raw::Text(text) = raw else {
+                continue;
+            };
+            let (words, env) = self.words(flag, source, text);
+            if let Err(err) = self.role.parse(&words, &env) {
+                self.given[index].accepted = false;
+                let label = match source {
+                    Source::Line => format!("--{}", self.flags[flag].long),
+                    Source::Env => self.flags[flag].env.clone().unwrap_or_default(),
+                };
+                let path = self.given[index].path.clone();
+                self.problem(path, format!("{label}: {}", reason(&err)));
+            }
+        }
+    }
+
+    /// Parses every accepted known value together, as lameduck reads them.
+    fn parse_accepted(&self) -> Result<Cli, clap::Error> {
+        let mut words = Vec::new();
+        let mut env = Vec::new();
+        for given in self.given.iter().filter(|g| g.accepted) {
+            if let Raw::Text(text) = given.raw {
+                let (w, e) = self.words(given.flag, given.source, text);
+                words.extend(w);
+                env.extend(e);
+            }
+        }
+        self.role.parse(&words, &env)
     }
 
     /// One value as lameduck's command line or environment holds it.
@@ -482,35 +521,38 @@ impl<'a> Reader<'a> {
     /// The settings in effect, parsed by lameduck from every value it takes. A setting whose
     /// value is only known at run time, or is wrong, is unknown (`None`).
     fn settings(&mut self) -> Settings {
-        let mut words = Vec::new();
-        let mut env = Vec::new();
-        for given in self.given.iter().filter(|g| g.accepted) {
-            if let Raw::Text(text) = given.raw {
-                let (w, e) = self.words(given.flag, given.source, text);
-                words.extend(w);
-                env.extend(e);
-            }
-        }
-        let parsed = match self.role.parse(&words, &env) {
+        // All values together first: each goes through its parser there, and no flag of
+        // lameduck needs another, so when they parse together each parses alone, and the
+        // one parse is all it takes. Only a failure needs the value-by-value look.
+        let parsed = match self.parse_accepted() {
             Ok(parsed) => Some(parsed),
-            Err(err) => {
-                // Each value parses alone, so what is left is how they combine (a conflict):
-                // none of them is known to hold.
-                let path = self.default_path.clone();
-                self.problem(path, reason(&err));
-                self.given.iter_mut().for_each(|g| g.accepted = false);
-                None
+            Err(_) => {
+                self.check_each();
+                match self.parse_accepted() {
+                    Ok(parsed) => Some(parsed),
+                    Err(err) => {
+                        // Each value parses alone, so what is left is how they combine (a
+                        // conflict): none of them is known to hold.
+                        let path = self.default_path.clone();
+                        self.problem(path, reason(&err));
+                        self.given.iter_mut().for_each(|g| g.accepted = false);
+                        None
+                    }
+                }
             }
         };
         // The drain settings: parsed, else the defaults (also those of `install`).
-        let defaults = Role::Wrapper.parse(&[], &[]).ok();
+        let defaults;
         let drain: Option<&DrainArgs> = match &parsed {
             Some(Cli { mode: None, wrap }) => Some(&wrap.drain),
             Some(Cli {
                 mode: Some(Mode::Sidecar(args)),
                 ..
             }) => Some(&args.drain),
-            _ => defaults.as_ref().map(|cli| &cli.wrap.drain),
+            _ => {
+                defaults = Role::Wrapper.parse(&[], &[]).ok();
+                defaults.as_ref().map(|cli| &cli.wrap.drain)
+            }
         };
         let rewrites = match (&parsed, self.known("rewrite")) {
             (Some(cli), true) if self.role == Role::Wrapper => {

@@ -171,6 +171,18 @@ pub fn parse(name: String, text: &str) -> Result<Source, InputError> {
     }
 }
 
+/// One JSON value as a source: the same as [`parse`] of its JSON text, without the text.
+pub fn from_json(name: String, value: &serde_json::Value) -> Result<Source, InputError> {
+    match yaml::from_json(value) {
+        Ok(documents) => Ok(Source { name, documents }),
+        Err(err) => Err(InputError {
+            file: name,
+            line: Some(err.line),
+            reason: format!("invalid YAML: {}", err.reason),
+        }),
+    }
+}
+
 /// Checks every object of every source; objects in one source may satisfy another's
 /// (a PodDisruptionBudget in its own file).
 pub fn lint(sources: &[Source]) -> Outcome {

@@ -1,6 +1,7 @@
 //! YAML text to an untyped tree: every document of a stream becomes a `Node` tree, with the
 //! line the document starts on, built from saphyr-parser's events without recursion and
-//! within fixed limits, so no input can exhaust the stack or the memory.
+//! within fixed limits, so no input can exhaust the stack or the memory. A JSON value already
+//! in memory becomes the same tree its JSON text would, without writing and re-reading it.
 
 use std::collections::HashMap;
 
@@ -249,6 +250,58 @@ pub fn parse(text: &str) -> Result<Vec<Document>, SyntaxError> {
     Ok(documents)
 }
 
+/// The documents `parse` reads from `value`'s JSON text (JSON is YAML), built from the value
+/// itself: strings are quoted scalars, numbers and booleans plain ones, `null` is null, and a
+/// `null` document is dropped. The same limits apply (depth and node count, at line 1).
+pub fn from_json(value: &serde_json::Value) -> Result<Vec<Document>, SyntaxError> {
+    let mut nodes = 0usize;
+    let root = node_of(value, 0, &mut nodes)?;
+    Ok(if matches!(root.value, Value::Null) {
+        Vec::new()
+    } else {
+        vec![Document { line: 1, root }]
+    })
+}
+
+/// One JSON value as a node, `depth` collections deep. Recursion is bounded by [`MAX_DEPTH`].
+fn node_of(json: &serde_json::Value, depth: usize, nodes: &mut usize) -> Result<Node, SyntaxError> {
+    use serde_json::Value as Json;
+    *nodes = nodes.saturating_add(1);
+    if *nodes > MAX_NODES {
+        return Err(too_many_nodes(1));
+    }
+    let is_collection = matches!(json, Json::Array(_) | Json::Object(_));
+    if is_collection && depth >= MAX_DEPTH {
+        return Err(SyntaxError {
+            line: 1,
+            reason: format!("collections nested deeper than {MAX_DEPTH} levels"),
+        });
+    }
+    let plain = |text: String| Value::Scalar { text, plain: true };
+    let value = match json {
+        Json::Null => Value::Null,
+        Json::Bool(b) => plain(b.to_string()),
+        Json::Number(n) => plain(n.to_string()),
+        Json::String(text) => Value::Scalar {
+            text: text.clone(),
+            plain: false,
+        },
+        Json::Array(items) => Value::Seq(
+            items
+                .iter()
+                .map(|item| node_of(item, depth + 1, nodes))
+                .collect::<Result<_, _>>()?,
+        ),
+        Json::Object(entries) => Value::Map(
+            entries
+                .iter()
+                .map(|(key, item)| Ok((key.clone(), node_of(item, depth + 1, nodes)?)))
+                .collect::<Result<_, _>>()?,
+        ),
+    };
+    Ok(Node { value })
+}
+
 fn too_many_nodes(line: usize) -> SyntaxError {
     SyntaxError {
         line,
@@ -280,6 +333,39 @@ mod tests {
         assert_eq!(b.items()[0].int(), None, "a quoted number is a string");
         assert_eq!(b.items()[0].text(), Some("2"));
         assert!(matches!(b.items()[1].value, Value::Null));
+    }
+
+    /// The tree of a JSON value, debug-printed, for comparing trees.
+    fn shown(documents: &[Document]) -> Vec<(usize, String)> {
+        documents
+            .iter()
+            .map(|d| (d.line, format!("{:?}", d.root)))
+            .collect()
+    }
+
+    #[test]
+    fn a_json_value_is_the_tree_its_json_text_parses_to() {
+        let value = serde_json::json!({
+            "s": "text", "empty": "", "quoted-number": "8099", "quoted-null": "null",
+            "n": 8099, "f": 1.5, "neg": -3, "t": true, "no": false, "nil": null,
+            "esc": "tab\tquote\"nl\nuni\u{e9}\u{1}", "list": [1, "a", [], {}], "nested": {"k": [null]}
+        });
+        assert_eq!(
+            shown(&from_json(&value).unwrap()),
+            shown(&parse(&value.to_string()).unwrap())
+        );
+        assert!(from_json(&serde_json::Value::Null).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_json_value_nested_too_deep_is_refused_as_its_text_is() {
+        let mut value = serde_json::json!(1);
+        for _ in 0..=MAX_DEPTH {
+            value = serde_json::json!([value]);
+        }
+        let err = from_json(&value).unwrap_err();
+        assert!(err.reason.contains("nested"), "{err:?}");
+        assert_eq!(err, parse(&value.to_string()).unwrap_err());
     }
 
     #[test]
