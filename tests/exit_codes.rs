@@ -148,6 +148,21 @@ fn taken_port_exits_2_before_the_app_starts() {
 }
 
 #[test]
+fn prestop_with_no_lameduck_answering_exits_1_with_one_line() {
+    // A name of its own: no lameduck of another test listens on it.
+    let socket = format!("lameduck-test-nobody-{}", std::process::id());
+    let (code, stderr) = run_plain(&["prestop", "--prestop-socket", &socket]);
+    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with(&format!(
+            "lameduck prestop: no answer from lameduck on @{socket}: "
+        )),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn lint_in_the_init_exits_2_pointing_to_the_kubectl_plugin() {
     let (code, stderr) = run_plain(&["lint", "examples/wrapper.yaml", "--format", "json"]);
     assert_eq!(code, 2);

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::{Lameduck, Mode, fixture, get, http_with, wait_until};
 use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 
 const SECOND: Duration = Duration::from_secs(1);
 
@@ -99,6 +100,86 @@ fn prestop_insecure_lets_anyone_start_a_drain_and_says_so_at_start() {
     )));
     assert_eq!(get(addr, "/prestop").0, 200);
     assert_eq!(run.wait_exit(5 * SECOND), 0);
+}
+
+/// A process killed when dropped; with `unshare --kill-child`, everything it started too.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn the_hook_socket_answers_only_inside_its_network_namespace() {
+    let socket = format!("lameduck-test-netns-{}", std::process::id());
+    let fixture = fixture();
+    // The pod: lameduck in a network namespace of its own (0.0.0.0 there is its own, down lo).
+    let mut pod = Command::new("unshare")
+        .args(["--net", "--pid", "--fork", "--mount-proc", "--kill-child"])
+        .arg(common::lameduck())
+        .args(["--listen", "0.0.0.0:0", "--prestop-socket", &socket])
+        .args(["--shutdown-delay", "300ms", "--", &fixture, "signals"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start unshare");
+    let log = common::Lines::follow_stream(pod.stderr.take().expect("stderr"));
+    let mut pod = Killed(pod);
+    let outer = Pid::from_raw(i32::try_from(pod.0.id()).expect("pid"));
+    let mut inner = None;
+    assert!(wait_until(5 * SECOND, || {
+        inner = common::first_child(outer);
+        inner.is_some()
+    }));
+    let lameduck = inner.expect("lameduck's pid");
+    let listed = format!("@{socket}");
+    assert!(
+        wait_until(10 * SECOND, || {
+            std::fs::read_to_string(format!("/proc/{lameduck}/net/unix"))
+                .is_ok_and(|table| table.contains(&listed))
+        }),
+        "the hook socket never listened: {:#?}",
+        log.all()
+    );
+    let host_table = std::fs::read_to_string("/proc/self/net/unix").expect("/proc/self/net/unix");
+    assert!(!host_table.contains(&listed), "the socket is seen outside");
+
+    let (outside, _) = common::prestop_exec(&socket);
+    let said = String::from_utf8_lossy(&outside.stderr);
+    assert_eq!(outside.status.code(), Some(1), "{said}");
+    assert!(said.contains("no answer from lameduck"), "{said}");
+    std::thread::sleep(SECOND);
+    assert!(
+        pod.0.try_wait().expect("try_wait").is_none()
+            && !log.contains("sent the app its drain signal"),
+        "a call from outside started a drain: {:#?}",
+        log.all()
+    );
+
+    let inside = Command::new("nsenter")
+        .arg(format!("--net=/proc/{lameduck}/ns/net"))
+        .arg(common::lameduck())
+        .args(["prestop", "--prestop-socket", &socket])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run nsenter");
+    let answer = String::from_utf8_lossy(&inside.stdout);
+    assert_eq!(
+        inside.status.code(),
+        Some(0),
+        "{answer}{}",
+        String::from_utf8_lossy(&inside.stderr)
+    );
+    assert!(answer.contains("lameduck answered"), "{answer}");
+    assert!(
+        wait_until(5 * SECOND, || pod.0.try_wait().ok().flatten().is_some()),
+        "the drain started inside did not end: {:#?}",
+        log.all()
+    );
 }
 
 #[test]
