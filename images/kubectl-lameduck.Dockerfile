@@ -3,9 +3,11 @@
 #
 # Built like images/Dockerfile, from a binary cargo has already built. From the repository root:
 #
-#   RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked --target x86_64-unknown-linux-gnu -p kubectl-lameduck
-#   mkdir -p target/plugin-image && cp target/x86_64-unknown-linux-gnu/release/kubectl-lameduck target/plugin-image/
-#   docker build -f images/kubectl-lameduck.Dockerfile -t kubectl-lameduck:0.1.0 target/plugin-image
+#   scripts/build-static.sh kubectl-lameduck
+#   docker build -f images/kubectl-lameduck.Dockerfile -t kubectl-lameduck:0.1.0 target/image-kubectl-lameduck
+#
+# The build context holds the static binary alone. The init's image never carries this binary,
+# and this one never carries the init.
 #
 # Uses:
 #   - the admission webhook: `/kubectl-lameduck webhook --tls-cert ... --tls-key ...`

@@ -65,7 +65,7 @@ const REALTIME_NAMES: [&str; 31] = [
 ];
 
 /// The real-time signals this C library lets a program catch: 34..=64 with glibc, which keeps
-/// 32 and 33 for itself.
+/// 32 and 33 for itself, and 35..=64 with musl (the static build), which keeps 32 to 34.
 fn realtime() -> std::ops::RangeInclusive<i32> {
     libc::SIGRTMIN()..=libc::SIGRTMAX()
 }
@@ -118,7 +118,7 @@ impl Ignored {
 /// did is unknown, and the app gets the default action, as from `std::process::Command`.
 pub fn take_over() -> Ignored {
     let mut ignored = 0u64;
-    // 32 and 33 (glibc) belong to the C library, not to the parent.
+    // 32 up to SIGRTMIN belong to the C library, not to the parent.
     for number in (1..32).chain(realtime()) {
         if number == Signal::SIGPIPE as i32 {
             continue;

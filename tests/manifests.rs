@@ -1351,14 +1351,17 @@ fn lameduck_image_is_built_from_the_static_binary_cargo_writes() {
     )
     .expect("scripts/build-static.sh");
     assert!(
-        build.contains("+crt-static"),
+        build.contains("+crt-static") && build.contains("linux-musl"),
         "FROM scratch needs a static binary"
     );
     let docker = dockerfile.documented("docker build");
     assert!(docker.contains("-f images/Dockerfile"), "{docker}");
     let context = docker.split_whitespace().last().unwrap();
+    // The script stages `$binary` (lameduck by default) in `$context`.
     assert!(
-        build.contains(&format!("{context}/{binary}")),
+        build.contains(&format!("binary={binary}\n"))
+            && build.contains(&format!("context={context}\n"))
+            && build.contains("\"$context/$binary\""),
         "the build context {context} must be where scripts/build-static.sh puts the binary"
     );
 }
