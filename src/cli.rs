@@ -35,6 +35,8 @@ pub struct Cli {
 
 /// The modes other than wrapping a command.
 #[derive(Subcommand, Debug)]
+// Parsed once at start: the sidecar's flags need no box.
+#[allow(clippy::large_enum_variant)]
 pub enum Mode {
     /// Drain an app in another container of the pod (an unmodified nginx) from beside it.
     Sidecar(SidecarArgs),
@@ -81,18 +83,8 @@ pub struct WrapArgs {
     #[arg(long, value_name = "URL", env = "LAMEDUCK_READY_CHECK")]
     pub ready_check: Option<ReadyCheck>,
 
-    /// Adaptive delay: stop waiting once no traffic reached the app for this long.
-    #[arg(long, value_name = "DURATION", env = "LAMEDUCK_QUIET_PERIOD", value_parser = duration::parse)]
-    pub quiet_period: Option<Duration>,
-
-    /// With --quiet-period: the app's ports to watch [default: the ports the app listens on].
-    #[arg(
-        long = "app-port",
-        value_name = "PORT",
-        env = "LAMEDUCK_APP_PORT",
-        value_delimiter = ','
-    )]
-    pub app_ports: Vec<u16>,
+    #[command(flatten)]
+    pub quiet: QuietArgs,
 
     /// How often the ready check runs.
     #[arg(long, value_name = "DURATION", default_value = "1s", env = "LAMEDUCK_READY_INTERVAL", value_parser = duration::parse)]
@@ -108,6 +100,9 @@ pub struct WrapArgs {
 pub struct SidecarArgs {
     #[command(flatten)]
     pub drain: DrainArgs,
+
+    #[command(flatten)]
+    pub quiet: QuietArgs,
 
     #[command(flatten)]
     pub log: LogArgs,
@@ -171,6 +166,23 @@ fn socket_name(text: &str) -> Result<String, String> {
         return Err("the socket name must be 1 to 107 bytes without NUL".into());
     }
     Ok(name.to_owned())
+}
+
+/// Flags of the adaptive delay, the wrapper's and the sidecar's.
+#[derive(Args, Debug)]
+pub struct QuietArgs {
+    /// Adaptive delay: stop waiting once no traffic reached the app for this long.
+    #[arg(long, value_name = "DURATION", env = "LAMEDUCK_QUIET_PERIOD", value_parser = duration::parse)]
+    pub quiet_period: Option<Duration>,
+
+    /// With --quiet-period: the app's ports to watch [default: the ports the app listens on].
+    #[arg(
+        long = "app-port",
+        value_name = "PORT",
+        env = "LAMEDUCK_APP_PORT",
+        value_delimiter = ','
+    )]
+    pub app_ports: Vec<u16>,
 }
 
 /// Flags of the drain sequence.
@@ -257,9 +269,9 @@ pub struct DrainArgs {
     pub prestop_socket: PrestopSocket,
 }
 
-impl WrapArgs {
+impl QuietArgs {
     /// Validates the adaptive delay flags against the shutdown delay.
-    pub fn quiet(&self, config: &DrainConfig) -> Result<Option<QuietConfig>, String> {
+    pub fn validate(&self, config: &DrainConfig) -> Result<Option<QuietConfig>, String> {
         let Some(period) = self.quiet_period else {
             return Ok(None);
         };

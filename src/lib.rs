@@ -7,8 +7,10 @@
 //! - `cli` holds the clap definition of every flag and validates flags into `settings`. The
 //!   `kubectl-lameduck` plugin reads a container's lameduck flags through this same
 //!   definition (`cli::parse_from`).
-//! - `phase` is the shutdown state machine (`step`, pure); `supervisor` runs it for the
-//!   wrapper, `sidecar` for the sidecar; `timers`, `traffic` and `readiness` feed it events.
+//! - `phase` is the shutdown state machine (`step`, pure); `engine` is the one drain engine
+//!   that runs it and carries out its actions on a `Target`; `supervisor` (the wrapper, whose
+//!   target is its child) and `sidecar` (whose target is another container's process) feed it
+//!   events, as do `timers`, `traffic` and `readiness`.
 //! - `child`, `reaper` and `target` own the app's process: spawning, `waitpid`, signalling.
 //! - `http`, `status` and `metrics` publish the phase on `/readyz`, `/livez`, `/status`,
 //!   `/metrics` and take `/prestop`; `prestop` is the in-pod hook (its socket and the
@@ -23,6 +25,7 @@
 pub mod child;
 pub mod cli;
 pub mod duration;
+pub mod engine;
 pub mod exit;
 pub mod hooks;
 pub mod http;

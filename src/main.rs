@@ -38,7 +38,7 @@ fn wrap(args: WrapArgs) -> Result<i32, Fatal> {
     lameduck::logging::init(&args.log);
     let rewrites = Rewrites::new(&args.rewrites);
     let config = args.drain.validate(&rewrites).map_err(Fatal::usage)?;
-    let quiet = args.quiet(&config).map_err(Fatal::usage)?;
+    let quiet = args.quiet.validate(&config).map_err(Fatal::usage)?;
     let ignored = signals::take_over();
     if ignored.contains(config.stop_signal) {
         tracing::warn!(signal = %signals::short_name(config.stop_signal), "the stop signal was ignored when lameduck started, so the app ignores it too and will be killed at the drain timeout");

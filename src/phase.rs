@@ -70,6 +70,9 @@ pub enum Event {
     DrainTimeout,
     /// The app exited with this status (its code, or 128+N for signal N).
     AppExited(i32),
+    /// The sidecar's app, which is no child of lameduck's (so its status is not lameduck's to
+    /// know), has exited.
+    AppGone,
 }
 
 /// Where the preStop hook stands when a shutdown signal arrives.
@@ -140,7 +143,7 @@ pub fn reason(event: Event) -> &'static str {
         Event::TrafficQuiet => "no traffic for the quiet period",
         Event::ProxyDrained => "the proxy moved every client off",
         Event::DrainTimeout => "drain timeout",
-        Event::AppExited(_) => "app exited",
+        Event::AppExited(_) | Event::AppGone => "app exited",
     }
 }
 
@@ -151,6 +154,10 @@ pub fn step(phase: Phase, event: Event) -> (Phase, Option<Action>) {
     match (phase, event) {
         (Exited, _) => (Exited, None),
         (_, Event::AppExited(status)) => (Exited, Some(Exit(status))),
+        // Gone before any drain: a crash or a restart, so the sidecar looks for the new one.
+        (Starting | Ready, Event::AppGone) => (Starting, None),
+        // Gone during the drain: the drain is done.
+        (_, Event::AppGone) => (Exited, None),
 
         (Starting, Event::AppReady(true)) => (Ready, None),
         (Ready, Event::AppReady(false)) => (Starting, None),
@@ -213,6 +220,7 @@ mod tests {
             Event::ProxyDrained,
             Event::DrainTimeout,
             Event::AppExited(3),
+            Event::AppGone,
         ]
     }
 
@@ -223,6 +231,8 @@ mod tests {
             Exited => (Exited, None),
             _ if event == Event::AppExited(3) => (Exited, Some(Exit(3))),
             _ if event == hup => (phase, Some(Forward(Signal::SIGHUP))),
+            Starting | Ready if event == Event::AppGone => (Starting, None),
+            _ if event == Event::AppGone => (Exited, None),
             Starting | Ready if shutdown || event == Event::PreStop => (Draining, Some(StartDelay)),
             Starting if event == Event::AppReady(true) => (Ready, None),
             Ready if event == Event::AppReady(false) => (Starting, None),
@@ -324,6 +334,26 @@ mod tests {
             step(phase, TERM),
             (Stopping, Some(CutDelay(Cut::SecondSignal)))
         );
+    }
+
+    #[test]
+    fn the_sidecar_s_app_restarts_before_a_drain_and_ends_one_by_exiting() {
+        let mut phase = Starting;
+        let mut actions = vec![];
+        for event in [
+            Event::AppReady(true),
+            Event::AppGone,
+            Event::AppReady(true),
+            Event::PreStop,
+            Event::DelayElapsed,
+            Event::AppGone,
+        ] {
+            let (next, action) = step(phase, event);
+            phase = next;
+            actions.extend(action);
+        }
+        assert_eq!(phase, Exited);
+        assert_eq!(actions, vec![StartDelay, SendStopSignal]);
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! nginx) from beside it. Its `/prestop`, called by the app container's preStop hook, runs the
 //! whole drain inside the hook: readiness fails, the shutdown delay passes, the app gets its
 //! stop signal through a pidfd, and the answer comes once the app has exited. Without a shared
-//! process namespace only the delay is possible, and the sidecar says so.
+//! process namespace only the delay is possible, and the sidecar says so. The drain itself is
+//! the wrapper's engine (`engine`), with the found process as its target: this module finds
+//! that process, notices when it exits, and decides when the sidecar itself may leave.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,17 +15,16 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::cli::SidecarArgs;
+use crate::engine::{self, Engine};
 use crate::exit::Fatal;
 use crate::hooks::{HeldCount, Hooks};
 use crate::logging;
 use crate::metrics::Metrics;
-use crate::phase::{self, Action, Event, Phase};
-use crate::proxy::{self, Proxy};
-use crate::settings::DrainConfig;
+use crate::phase::{Event, Phase};
+use crate::proxy::Proxy;
 use crate::signals::{Rewrites, short_name};
-use crate::status::{self, Snapshot, log_stop_signal_sent};
+use crate::status::Snapshot;
 use crate::target::{Selector, Target};
-use crate::timers::{Timers, at};
 
 /// How often the sidecar looks for its target while it has none.
 const FIND_INTERVAL: Duration = Duration::from_secs(1);
@@ -37,6 +38,7 @@ pub fn run(args: SidecarArgs) -> Result<i32, Fatal> {
         .drain
         .validate(&Rewrites::default())
         .map_err(Fatal::usage)?;
+    let quiet = args.quiet.validate(&config).map_err(Fatal::usage)?;
     let selector = match (args.pid_file, args.process_name) {
         (Some(path), _) => Some(Selector::PidFile(path)),
         (None, Some(name)) => Some(Selector::ProcessName(name)),
@@ -98,14 +100,20 @@ pub fn run(args: SidecarArgs) -> Result<i32, Fatal> {
                 metrics: Arc::clone(&metrics),
             },
         ));
-        let code = Sidecar {
+        let engine = Engine::new(
             config,
+            Rewrites::default(),
+            status_tx.clone(),
+            Arc::clone(&metrics),
+            quiet,
+            listen_port,
+            proxy,
+        );
+        let code = Sidecar {
             selector,
             status: status_tx,
             target: None,
-            timers: Timers::default(),
-            metrics,
-            proxy,
+            engine,
         }
         .run(signals, events_rx)
         .await;
@@ -114,34 +122,30 @@ pub fn run(args: SidecarArgs) -> Result<i32, Fatal> {
 }
 
 struct Sidecar {
-    config: DrainConfig,
     selector: Option<Selector>,
     status: watch::Sender<Snapshot>,
     target: Option<Target>,
-    timers: Timers,
-    metrics: Arc<Metrics>,
-    proxy: Option<Proxy>,
+    engine: Engine,
 }
 
 impl Sidecar {
     async fn run(mut self, mut signals: Signals, mut events: mpsc::Receiver<Event>) -> i32 {
         use futures_core::Stream;
-        let started = Instant::now();
-        let mut phase = Phase::Starting;
         let mut exit_when_done = false;
         let mut find_timer = tokio::time::interval(FIND_INTERVAL);
         let mut missing_since = None;
         if self.selector.is_none() {
-            self.enter(Phase::Ready, Event::AppReady(true), started);
-            phase = Phase::Ready;
+            // No app to find: ready for the only thing it can do, waiting out the delay.
+            self.engine.handle(Event::AppReady(true), None);
         }
         loop {
+            let phase = self.engine.phase();
             let looking =
                 self.target.is_none() && self.selector.is_some() && phase < Phase::Draining;
             let event = tokio::select! {
                 signal = std::future::poll_fn(|cx| std::pin::Pin::new(&mut signals).poll_next(cx)) => {
                     let name = signal.and_then(|s| Signal::try_from(s).ok()).map_or("?", short_name);
-                    if self.drained(phase) || (phase < Phase::Draining && self.target.is_none()) {
+                    if self.drained() || (phase < Phase::Draining && self.target.is_none()) {
                         tracing::info!(signal = name, "no drain under way; exiting");
                         return 0;
                     }
@@ -155,74 +159,34 @@ impl Sidecar {
                     Event::PreStop
                 }
                 Some(event) = events.recv() => event,
-                () = at(self.timers.delay_ends) => {
-                    self.timers.delay_ends = None;
-                    Event::DelayElapsed
-                }
-                tally = proxy::drained(self.proxy.as_ref(), self.timers.drain_started, self.config.min_delay), if phase == Phase::Draining => {
-                    status::log_proxy_drained(&tally, &self.config);
-                    Event::ProxyDrained
-                }
-                () = at(self.timers.kill_at) => {
-                    self.timers.kill_at = None;
-                    Event::DrainTimeout
-                }
+                event = self.engine.deadline() => event,
                 () = exited(self.target.as_ref()) => {
                     tracing::info!(pid = self.target.as_ref().map_or(0, |t| t.pid), "the app has exited");
                     self.target = None;
-                    Event::AppExited(0)
+                    Event::AppGone
                 }
                 _ = find_timer.tick(), if looking => match self.find(&mut missing_since) {
                     Some(event) => event,
                     None => continue,
                 },
+                () = self.engine.next_look(), if self.engine.watching() => match self.engine.watch_traffic() {
+                    Some(event) => event,
+                    None => continue,
+                },
             };
-            let (next, action) = phase::step(phase, event);
-            if next != phase {
-                self.enter(next, event, started);
-                phase = next;
-            }
-            match action {
-                Some(Action::StartDelay) => {
-                    self.timers.start_delay(&self.config);
-                    self.begin_drain();
-                    status::delay_started(&self.status, &self.config);
-                }
-                Some(Action::SendStopSignal | Action::CutDelay(_)) => self.send_stop_signal(),
-                Some(Action::KillAll) => self.kill(),
-                Some(Action::Absorbed) => tracing::info!("drain already under way"),
-                Some(Action::Forward(_) | Action::Exit(_) | Action::KeepDelay) | None => {}
-            }
-            if exit_when_done && self.drained(phase) {
+            let target = self.target.as_ref().map(|t| t as &dyn engine::Target);
+            self.engine.handle(event, target);
+            if exit_when_done && self.drained() {
                 tracing::info!("drain finished; exiting");
                 return 0;
-            }
-            // An app that exits without a drain (a crash, a restart) gets a fresh cycle.
-            if phase == Phase::Exited && self.timers.drain_started.is_none() {
-                self.enter(Phase::Starting, Event::AppReady(false), started);
-                phase = Phase::Starting;
             }
         }
     }
 
     /// Whether the drain is over: the app has exited, or, with no app in sight, the delay is served.
-    fn drained(&self, phase: Phase) -> bool {
+    fn drained(&self) -> bool {
+        let phase = self.engine.phase();
         phase == Phase::Exited || (self.selector.is_none() && phase >= Phase::Stopping)
-    }
-
-    /// Enters phase `next` because of `event`, publishing and logging it.
-    fn enter(&mut self, next: Phase, event: Event, started: Instant) {
-        // The last target's pid stays in the snapshot after it exits, for the log and /status.
-        if let Some(pid) = self.target.as_ref().map(|t| t.pid) {
-            self.status.send_modify(|snapshot| snapshot.app_pid = pid);
-        }
-        status::enter(&self.status, &self.config, next);
-        status::log_change(
-            &self.status,
-            event,
-            next,
-            self.timers.drain_started.unwrap_or(started),
-        );
     }
 
     /// Looks for the target. `missing` is when the search began and whether it was warned about.
@@ -232,6 +196,9 @@ impl Sidecar {
             Ok(target) => {
                 tracing::info!(pid = target.pid, %selector, "found the app");
                 *missing = None;
+                // The last target's pid stays in the snapshot after it exits, for /status.
+                self.status
+                    .send_modify(|snapshot| snapshot.app_pid = target.pid);
                 self.target = Some(target);
                 Some(Event::AppReady(true))
             }
@@ -249,65 +216,6 @@ impl Sidecar {
                     Some(_) => {}
                 }
                 None
-            }
-        }
-    }
-
-    /// The drain signal to the app, if any, and the proxy's switch to closing connections.
-    fn begin_drain(&self) {
-        if let (Some(signal), Some(target)) = (self.config.drain_signal, &self.target) {
-            match target.signal(signal) {
-                Ok(()) => {
-                    tracing::info!(signal = %short_name(signal), "sent the app its drain signal")
-                }
-                Err(err) => {
-                    tracing::warn!(signal = %short_name(signal), %err, "could not send the drain signal")
-                }
-            }
-        }
-        if let Some(proxy) = &self.proxy {
-            proxy.drain();
-        }
-    }
-
-    fn send_stop_signal(&mut self) {
-        let signal = self.config.stop_signal;
-        match &self.target {
-            Some(target) => {
-                let left = self.timers.start_drain_timeout(&self.config);
-                match target.signal(signal) {
-                    Ok(()) => log_stop_signal_sent(signal, left),
-                    Err(err) => {
-                        tracing::warn!(signal = %short_name(signal), %err, "could not send the stop signal")
-                    }
-                }
-            }
-            None => {
-                self.timers.delay_ends = None;
-                tracing::info!("shutdown delay served; the kubelet's stop signal stops the app");
-            }
-        }
-    }
-
-    fn kill(&self) {
-        let Some(target) = &self.target else { return };
-        let group = target.led_group();
-        let result = match group {
-            Some(pgid) => {
-                nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), Signal::SIGKILL)
-                    .map_err(std::io::Error::from)
-            }
-            None => target.signal(Signal::SIGKILL),
-        };
-        self.metrics.forced_kills.inc();
-        match result {
-            Ok(()) => tracing::warn!(
-                pid = target.pid,
-                process_group = group.is_some(),
-                "drain timeout ran out; sent SIGKILL to the app"
-            ),
-            Err(err) => {
-                tracing::warn!(pid = target.pid, %err, "drain timeout ran out; SIGKILL failed")
             }
         }
     }

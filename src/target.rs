@@ -88,6 +88,29 @@ impl Target {
     }
 }
 
+impl crate::engine::Target for Target {
+    fn signal(&self, signal: Signal) -> io::Result<()> {
+        Target::signal(self, signal)
+    }
+
+    /// The target with its process group when it leads one (nginx's workers share the
+    /// master's), else the target alone.
+    fn kill_what_is_left(&self) -> io::Result<Vec<i32>> {
+        match self.led_group() {
+            Some(pgid) => {
+                nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), Signal::SIGKILL)?;
+            }
+            None => Target::signal(self, Signal::SIGKILL)?,
+        }
+        Ok(vec![self.pid])
+    }
+
+    /// The target alone: a server's listening sockets are open in its master process.
+    fn processes(&self) -> Vec<i32> {
+        vec![self.pid]
+    }
+}
+
 fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
     // SAFETY: pidfd_open takes a pid and flags and returns a new file descriptor or -1.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
