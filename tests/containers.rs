@@ -62,11 +62,68 @@ fn wrapper_image_pod_is_deleted_under_load_without_failing_a_request() {
         )
         .start();
 
-    let termination = delete_under_load("wrapper", ip, &pod);
+    let termination = delete_under_load("wrapper", ip, &pod, GRACE);
 
     assert_drained_inside_the_hook(&termination, "nginx");
     // nginx.Dockerfile sets STOPSIGNAL SIGTERM again: the kubelet's signal is for lameduck.
     assert_eq!(termination.container("nginx").stop_signal, "SIGTERM");
+}
+
+#[test]
+fn a_hook_still_held_when_a_shortened_grace_period_runs_out_sends_the_stop_signal_at_once() {
+    let images = images();
+    let ip = Ipv4Addr::new(127, 0, 63, 7);
+    // A delay longer than the deletion's grace period, which lameduck cannot see
+    // (`kubectl drain --grace-period 4`): the kubelet gives up on the hook at 4s, sends its
+    // stop signal, and kills 2s later.
+    let delay = Duration::from_secs(6);
+    let grace = Duration::from_secs(4);
+    let pod = PodSpec::new("held", ip)
+        .port(HTTP)
+        .port(LAMEDUCK)
+        .container(
+            ContainerSpec::new("nginx", &images.wrapper)
+                .command(&[
+                    "/lameduck",
+                    "--shutdown-delay=6s",
+                    "--drain-timeout=5s",
+                    "--stop-signal=QUIT",
+                    "--",
+                ])
+                .args(&["nginx", "-g", "daemon off;"])
+                .pre_stop_exec(&["/lameduck", "prestop"]),
+        )
+        .start();
+
+    let termination = delete_under_load("held", ip, &pod, grace);
+
+    let context = termination.summary();
+    let nginx = termination.container("nginx");
+    let hook = nginx.hook.as_ref().expect("a preStop hook");
+    assert!(
+        hook.outcome.is_err(),
+        "the kubelet gave up on the hook: {context}"
+    );
+    let signalled = nginx.signalled.expect("the kubelet's stop signal");
+    assert!(
+        signalled - termination.began < delay,
+        "the kubelet's signal came inside the delay: {context}"
+    );
+    assert_clean_exit(nginx, &context);
+    assert!(
+        nginx.exited - termination.began < delay,
+        "nginx exited {:?} after the deletion began, not before the delay's end: {context}",
+        nginx.exited - termination.began
+    );
+    assert_eq!(
+        quit_sender(&nginx.log),
+        Some(1),
+        "lameduck, PID 1, sent nginx QUIT: {context}"
+    );
+    assert!(
+        nginx.log.contains("the preStop hook is still held"),
+        "the log names the case: {context}"
+    );
 }
 
 #[test]
@@ -102,7 +159,7 @@ fn sidecar_pod_with_stock_nginx_is_deleted_under_load_without_failing_a_request(
         )
         .start();
 
-    let termination = delete_under_load("sidecar", ip, &pod);
+    let termination = delete_under_load("sidecar", ip, &pod, GRACE);
 
     let context = termination.summary();
     let nginx = termination.container("nginx");
@@ -159,7 +216,7 @@ fn init_install_pod_with_stock_nginx_is_deleted_under_load_without_failing_a_req
         )
         .start();
 
-    let termination = delete_under_load("init-install", ip, &pod);
+    let termination = delete_under_load("init-install", ip, &pod, GRACE);
 
     assert_drained_inside_the_hook(&termination, "nginx");
     // The stock image keeps STOPSIGNAL SIGQUIT, which the kubelet sends lameduck after the
@@ -299,7 +356,7 @@ impl Steady {
 /// and asserts what every shape must show: no request failed, the pod served before its deletion
 /// and had requests in flight when it began, and the steady backend went on serving after the
 /// pod was gone.
-fn delete_under_load(test: &str, ip: Ipv4Addr, pod: &Pod) -> Termination {
+fn delete_under_load(test: &str, ip: Ipv4Addr, pod: &Pod, grace: Duration) -> Termination {
     assert!(
         wait_ready(
             &[(pod.addr(LAMEDUCK), "/readyz"), (pod.addr(HTTP), "/fast")],
@@ -341,7 +398,7 @@ fn delete_under_load(test: &str, ip: Ipv4Addr, pod: &Pod) -> Termination {
         max_requests: 10_000,
     });
     std::thread::sleep(STEADY);
-    let termination = kubelet::terminate(pod, GRACE);
+    let termination = kubelet::terminate(pod, grace);
     std::thread::sleep(STEADY);
     let report = load.stop();
 
@@ -573,7 +630,7 @@ fn plain_nginx_deployment_injected_in_the_install_shape_is_deleted_under_load_wi
         &["--shape=install"],
     );
     let (pod, _grace) = pod_of("inject-install", ip, &injected);
-    let termination = delete_under_load("inject-install", ip, &pod);
+    let termination = delete_under_load("inject-install", ip, &pod, GRACE);
     assert_drained_inside_the_hook(&termination, "nginx");
 }
 
@@ -592,7 +649,7 @@ fn plain_nginx_deployment_injected_in_the_wrapper_shape_is_deleted_under_load_wi
         "auto chose the wrapper shape: {command}"
     );
     let (pod, _grace) = pod_of("inject-wrapper", ip, &injected);
-    let termination = delete_under_load("inject-wrapper", ip, &pod);
+    let termination = delete_under_load("inject-wrapper", ip, &pod, GRACE);
     assert_drained_inside_the_hook(&termination, "nginx");
 }
 
@@ -613,7 +670,7 @@ fn plain_nginx_deployment_injected_in_the_sidecar_shape_is_deleted_under_load_wi
         true
     );
     let (pod, _grace) = pod_of("inject-sidecar", ip, &injected);
-    let termination = delete_under_load("inject-sidecar", ip, &pod);
+    let termination = delete_under_load("inject-sidecar", ip, &pod, GRACE);
     let context = termination.summary();
     let nginx = termination.container("nginx");
     let hook = nginx.hook.as_ref().expect("nginx has a preStop hook");
