@@ -159,21 +159,35 @@ fn added_budget(object: &Value) -> bool {
             .is_some_and(|mark| mark.starts_with("pdb"))
 }
 
+/// Takes out an object's `lameduck.io/injected` record, and its annotations when empty.
+fn without_record(object: &mut Value) {
+    if let Some(metadata) = object.get_mut("metadata").and_then(Value::as_object_mut)
+        && let Some(annotations) = metadata
+            .get_mut("annotations")
+            .and_then(Value::as_object_mut)
+    {
+        annotations.remove("lameduck.io/injected");
+        if annotations.is_empty() {
+            metadata.remove("annotations");
+        }
+    }
+}
+
 /// Takes out every field inject owns, so what is left must be the same before and after.
 fn without_owned(mut objects: Vec<Value>) -> Vec<Value> {
     objects.retain(|o| !added_budget(o));
-    for object in objects.iter_mut().filter(|o| is_workload(o)) {
-        let pod = template(object);
-        if let Some(metadata) = pod.get_mut("metadata").and_then(Value::as_object_mut)
-            && let Some(annotations) = metadata
-                .get_mut("annotations")
-                .and_then(Value::as_object_mut)
-        {
-            annotations.remove("lameduck.io/injected");
-            if annotations.is_empty() {
-                metadata.remove("annotations");
+    // A Service in front of proxied pods has its targetPorts moved to the proxy's port.
+    for service in objects.iter_mut().filter(|o| o["kind"] == "Service") {
+        without_record(service);
+        if let Some(ports) = service["spec"]["ports"].as_array_mut() {
+            for port in ports.iter_mut().filter_map(Value::as_object_mut) {
+                port.remove("targetPort");
             }
         }
+    }
+    for object in objects.iter_mut().filter(|o| is_workload(o)) {
+        let pod = template(object);
+        without_record(pod);
         let spec = pod["spec"].as_object_mut().unwrap();
         for field in ["terminationGracePeriodSeconds", "shareProcessNamespace"] {
             spec.remove(field);
@@ -205,7 +219,7 @@ fn without_owned(mut objects: Vec<Value>) -> Vec<Value> {
             }
             for list in ["ports", "volumeMounts"] {
                 if let Some(items) = container.get_mut(list).and_then(Value::as_array_mut) {
-                    items.retain(|i| i["name"] != "lameduck");
+                    items.retain(|i| i["name"] != "lameduck" && i["name"] != "lameduck-proxy");
                     if items.is_empty() {
                         container.remove(list);
                     }
@@ -228,6 +242,7 @@ fn the_corpus_holds_at_least_30_manifests_of_every_kind_and_format() {
         "ReplicaSet",
         "Pod",
         "PodDisruptionBudget",
+        "Service",
     ] {
         assert!(
             all.iter().any(|o| o["kind"] == kind),
@@ -469,4 +484,117 @@ fn unreadable_input_exits_2_with_file_and_line() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.starts_with("kubectl-lameduck: inject: "), "{stderr}");
     assert!(stderr.contains("broken.yaml:5: invalid YAML"), "{stderr}");
+}
+
+/// The Service objects named `name` in `namespace` (none: the default) of an injected file.
+fn service<'a>(objects: &'a [Value], name: &str, namespace: Option<&str>) -> &'a Value {
+    objects
+        .iter()
+        .find(|o| {
+            o["kind"] == "Service"
+                && o["metadata"]["name"] == name
+                && o["metadata"]["namespace"].as_str() == namespace
+        })
+        .unwrap_or_else(|| panic!("no Service {name}"))
+}
+
+fn injected_file(file: &str) -> Vec<Value> {
+    let (_, result) = injected()
+        .iter()
+        .find(|(source, _)| name(source) == file)
+        .unwrap_or_else(|| panic!("{file} is not in the corpus"));
+    objects(result)
+}
+
+#[test]
+fn the_proxy_annotation_moves_the_services_that_select_the_pods_to_the_proxy_port() {
+    let objects = injected_file("proxy-annotated-wrapper.yaml");
+    let api = &objects[0]["spec"]["template"]["spec"]["containers"][0];
+    let command: Vec<&str> = api["command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        command.contains(&"--proxy=0.0.0.0:8098=127.0.0.1:8080"),
+        "{command:?}"
+    );
+    assert!(
+        api["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == "lameduck-proxy" && p["containerPort"] == 8098),
+        "{api}"
+    );
+    let shop = service(&objects, "api", Some("shop"));
+    assert_eq!(shop["spec"]["ports"][0]["targetPort"], 8098, "{shop}");
+    assert_eq!(shop["spec"]["ports"][1]["targetPort"], "metrics", "{shop}");
+    let staging = service(&objects, "api", Some("staging"));
+    assert_eq!(staging["spec"]["ports"][0]["targetPort"], 8080, "{staging}");
+    // The port of a Service without targetPort, the sidecar's proxy on its annotated port.
+    let list = injected_file("proxy-nginx-sidecar-list.yaml");
+    assert_eq!(
+        service(&list, "web", None)["spec"]["ports"][0]["targetPort"],
+        8081
+    );
+    // Only the proxied workload's Service moves.
+    let two = injected_file("proxy-numeric-target.yaml");
+    assert_eq!(
+        service(&two, "front", None)["spec"]["ports"][0]["targetPort"],
+        8098
+    );
+    assert_eq!(
+        service(&two, "back", None)["spec"]["ports"][0]["targetPort"],
+        80
+    );
+}
+
+#[test]
+fn proxied_pods_without_their_service_in_the_input_are_warned_of() {
+    let deployment =
+        std::fs::read_to_string(Path::new(ROOT).join("tests/manifests/inject/nginx-plain.yaml"))
+            .unwrap()
+            .split("\n---\n")
+            .next()
+            .unwrap()
+            .to_owned();
+    let out = inject_text("proxy-no-service.yaml", &deployment, &["--proxy"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("Deployment/web: warning: no Service in the input selects these pods")
+            && stderr.contains("8098 (the app's 80)"),
+        "{stderr}"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--proxy=0.0.0.0:8098=127.0.0.1:80"));
+}
+
+#[test]
+fn the_proxy_flag_is_undone_by_remove_and_is_a_fixed_point() {
+    let file = Path::new(ROOT).join("tests/manifests/inject/nginx-plain.yaml");
+    let once = plugin_run(&["inject", "--proxy", file.to_str().unwrap()]);
+    assert!(
+        once.status.success(),
+        "{}",
+        String::from_utf8_lossy(&once.stderr)
+    );
+    let injected = String::from_utf8_lossy(&once.stdout).into_owned();
+    assert!(injected.contains("targetPort: 8098"), "{injected}");
+    let again = inject_text("proxy-once.yaml", &injected, &["--proxy"]);
+    assert_eq!(String::from_utf8_lossy(&again.stdout), injected);
+    let removed = inject_text("proxy-removed.yaml", &injected, &["--remove"]);
+    assert!(
+        removed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&removed.stderr)
+    );
+    let back = Path::new(TMP).join("proxy-back.yaml");
+    std::fs::write(&back, &removed.stdout).unwrap();
+    assert_eq!(objects(&back), objects(&file));
 }

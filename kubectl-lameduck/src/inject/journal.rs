@@ -25,6 +25,11 @@ impl Journal {
         Value::Array(self.entries.clone())
     }
 
+    /// Whether nothing was changed.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
     /// Sets the field at `pointer`, creating the mappings above it; notes what it replaces.
     pub fn set(&mut self, root: &mut Value, pointer: &str, value: Value) -> Result<(), Mismatch> {
         let (parent, key) = split(pointer)?;

@@ -38,6 +38,7 @@ use std::time::Duration;
 use serde_json::{Map, Value, json};
 
 use self::documents::Stream;
+use self::journal::Journal;
 pub use self::pod::{Context, Options, Shape, inject_pod, is_injected, remove_pod};
 use crate::EXIT_USAGE;
 use crate::lint::report::Rule;
@@ -134,6 +135,14 @@ pub struct InjectArgs {
     #[arg(long, value_name = "NAME")]
     pub process_name: Option<String>,
 
+    /// Put lameduck's drain proxy in front of the app's port, and point the Services in the input that select the pods at it (annotation lameduck.io/proxy: "true").
+    #[arg(long)]
+    pub proxy: bool,
+
+    /// The drain proxy's port (annotation lameduck.io/proxy-port).
+    #[arg(long, value_name = "PORT", default_value_t = 8098, value_parser = clap::value_parser!(u16).range(1..))]
+    pub proxy_port: u16,
+
     /// Add a PodDisruptionBudget (minAvailable: 1) for each workload that no budget in the input selects.
     #[arg(long)]
     pub pdb: bool,
@@ -156,6 +165,8 @@ impl InjectArgs {
             command,
             container: self.container.clone(),
             process_name: self.process_name.clone(),
+            proxy: self.proxy,
+            proxy_port: self.proxy_port,
             ..self.settings.options()
         })
     }
@@ -210,6 +221,9 @@ pub fn run(args: &InjectArgs) -> i32 {
         run.remove();
     } else {
         run.inject(&options);
+        if !run.refused {
+            run.services();
+        }
         if !run.refused {
             run.budgets(args.pdb);
         }
@@ -291,10 +305,122 @@ impl Run {
         });
     }
 
+    /// Points the Services that select proxied pods at the proxy: each port whose target is
+    /// the app's port targets the proxy's instead. A Service inject pointed before is first
+    /// given back its original. Warns of proxied pods that no Service in the input selects.
+    fn services(&mut self) {
+        let mut proxied = Vec::new();
+        for (file, input) in self.inputs.iter().enumerate() {
+            for (doc, document) in input.stream.documents.iter().enumerate() {
+                let Some(value) = document.current() else {
+                    continue;
+                };
+                for (item, object) in objects(value).into_iter().enumerate() {
+                    let kind = object.get("kind").and_then(Value::as_str).unwrap_or("");
+                    let mut copy = object.clone();
+                    let Some(template) = WORKLOADS
+                        .contains(&kind)
+                        .then(|| template_of(&mut copy).cloned())
+                        .flatten()
+                    else {
+                        continue;
+                    };
+                    let routes = pod::proxy_routes(&template);
+                    if routes.is_empty() {
+                        continue;
+                    }
+                    let place = (file, doc, is_list(value).then_some(item));
+                    proxied.push((place, object.clone(), template, routes));
+                }
+            }
+        }
+        let mut selected = vec![false; proxied.len()];
+        self.each_object(|run, place, object| {
+            if object.get("kind").and_then(Value::as_str) != Some("Service") {
+                return;
+            }
+            let shown = object.clone();
+            let mut service = object.clone();
+            if let Err(refusal) = remove_pod(&mut service) {
+                run.say(place, &shown, &format!("cannot inject: {refusal}"));
+                run.refused = true;
+                return;
+            }
+            let mut journal = Journal::default();
+            for (index, (_, workload, template, routes)) in proxied.iter().enumerate() {
+                if workload.pointer("/metadata/namespace") != service.pointer("/metadata/namespace")
+                    || !service_selects(&service, template)
+                {
+                    continue;
+                }
+                selected[index] = true;
+                let count = service
+                    .pointer("/spec/ports")
+                    .and_then(Value::as_array)
+                    .map_or(0, Vec::len);
+                for port in 0..count {
+                    let entry = &service["spec"]["ports"][port];
+                    let Some(target) = entry.get("targetPort").or_else(|| entry.get("port")) else {
+                        continue;
+                    };
+                    let Some(number) = pod::target_port(template, target) else {
+                        continue;
+                    };
+                    let Some(route) = routes.iter().find(|r| r.app.port() == number) else {
+                        continue;
+                    };
+                    let pointer = format!("/spec/ports/{port}/targetPort");
+                    if let Err(mismatch) =
+                        journal.set(&mut service, &pointer, json!(route.listen.port()))
+                    {
+                        run.say(place, &shown, &format!("cannot inject: {}", mismatch.0));
+                        run.refused = true;
+                        return;
+                    }
+                }
+            }
+            if !journal.is_empty() {
+                let has_annotations = service
+                    .pointer("/metadata/annotations")
+                    .is_some_and(Value::is_object);
+                let made = has_annotations
+                    || journal
+                        .set(&mut service, "/metadata/annotations", json!({}))
+                        .is_ok();
+                let record = json!({ "undo": journal.to_value() }).to_string();
+                if let Some(annotations) = service
+                    .pointer_mut("/metadata/annotations")
+                    .and_then(Value::as_object_mut)
+                    .filter(|_| made)
+                {
+                    annotations.insert(pod::INJECTED.into(), Value::String(record));
+                }
+            }
+            *object = service;
+        });
+        for ((place, workload, _, routes), selected) in proxied.iter().zip(selected) {
+            if !selected {
+                let ports: Vec<String> = routes
+                    .iter()
+                    .map(|r| format!("{} (the app's {})", r.listen.port(), r.app.port()))
+                    .collect();
+                self.say(*place, workload, &format!("warning: no Service in the input selects these pods: point the targetPort of the Services that do at the drain proxy's port {}, or their clients bypass the drain", ports.join(", ")));
+            }
+        }
+    }
+
     /// Takes out what inject put in, and the budgets it added.
     fn remove(&mut self) {
         self.each_object(|run, place, object| {
             let kind = object.get("kind").and_then(Value::as_str).unwrap_or("");
+            if kind == "Service" {
+                let shown = object.clone();
+                if let Err(refusal) = remove_pod(object) {
+                    run.say(place, &shown, &format!("cannot remove: {refusal}"));
+                    run.refused = true;
+                }
+                return;
+            }
             if WORKLOADS.contains(&kind) {
                 let shown = object.clone();
                 let Some(template) = template_of(object) else {
@@ -348,11 +474,13 @@ impl Run {
     }
 
     /// Calls `f` on every object of every document (the items of a List one by one), on a
-    /// copy; a document whose copy changed is marked changed.
+    /// copy of what it is now; a document whose copy differs from what was read is marked
+    /// changed, one that came back to it unchanged.
     fn each_object(&mut self, mut f: impl FnMut(&mut Run, Place, &mut Value)) {
         for file in 0..self.inputs.len() {
             for doc in 0..self.inputs[file].stream.documents.len() {
-                let Some(original) = self.inputs[file].stream.documents[doc].value.clone() else {
+                let Some(original) = self.inputs[file].stream.documents[doc].current().cloned()
+                else {
                     continue;
                 };
                 let mut value = original.clone();
@@ -374,8 +502,11 @@ impl Run {
                         self.ours.push((file, doc, None));
                     }
                 }
-                if value != original {
-                    self.inputs[file].stream.documents[doc].changed = Some(value);
+                let document = &mut self.inputs[file].stream.documents[doc];
+                if document.value.as_ref() != Some(&value) {
+                    document.changed = Some(value);
+                } else {
+                    document.changed = None;
                 }
             }
         }
@@ -618,6 +749,22 @@ fn budget_mark(value: &Value) -> Option<&str> {
             journal::escape(pod::INJECTED)
         ))
         .and_then(Value::as_str)
+}
+
+/// Whether a Service's `selector` selects the pod: every key with its value among the pod's
+/// labels. An empty or missing selector selects nothing (the Service has no endpoints).
+fn service_selects(service: &Value, template: &Value) -> bool {
+    let Some(selector) = service
+        .pointer("/spec/selector")
+        .and_then(Value::as_object)
+        .filter(|s| !s.is_empty())
+    else {
+        return false;
+    };
+    let labels = template.pointer("/metadata/labels");
+    selector
+        .iter()
+        .all(|(key, value)| labels.and_then(|l| l.get(key)) == Some(value))
 }
 
 /// The pod template of a workload, or a Pod itself.

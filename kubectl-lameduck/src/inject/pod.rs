@@ -12,7 +12,7 @@ use serde_json::{Map, Value, json};
 use super::journal::{self, Journal, escape};
 use crate::servers;
 use ::lameduck::duration;
-use ::lameduck::settings::{GRACE_MARGIN, ReadyCheck};
+use ::lameduck::settings::{GRACE_MARGIN, ReadyCheck, Route};
 use ::lameduck::signals::{SignalArg, short_name};
 
 /// Every annotation inject reads or writes starts with this.
@@ -29,6 +29,8 @@ pub const INSTALLER: &str = "lameduck-install";
 pub const SIDECAR: &str = "lameduck";
 /// The name of lameduck's port in the container running it.
 pub const PORT_NAME: &str = "lameduck";
+/// The name of the drain proxy's port, where the Services send the pod's traffic.
+pub const PROXY_PORT_NAME: &str = "lameduck-proxy";
 /// Where lameduck is in an image that already contains it (the wrapper shape).
 pub const WRAPPER_BINARY: &str = "/lameduck";
 /// The uid the installer runs as: it needs no privilege to copy a file.
@@ -90,6 +92,10 @@ pub struct Options {
     pub wrapper_images: Vec<String>,
     /// lameduck's port; annotation `lameduck.io/port`.
     pub port: u16,
+    /// Whether lameduck proxies the app's port; annotation `lameduck.io/proxy` (true, false).
+    pub proxy: bool,
+    /// The drain proxy's port; annotation `lameduck.io/proxy-port`.
+    pub proxy_port: u16,
 }
 
 impl Default for Options {
@@ -105,6 +111,8 @@ impl Default for Options {
             image: format!("lameduck:{}", env!("CARGO_PKG_VERSION")),
             wrapper_images: Vec::new(),
             port: 8099,
+            proxy: false,
+            proxy_port: 8098,
         }
     }
 }
@@ -320,6 +328,8 @@ struct Settings {
     image: String,
     wrapper_images: Vec<String>,
     port: u16,
+    proxy: bool,
+    proxy_port: u16,
     disabled: bool,
 }
 
@@ -341,6 +351,8 @@ impl Settings {
             image: options.image.clone(),
             wrapper_images: options.wrapper_images.clone(),
             port: options.port,
+            proxy: options.proxy,
+            proxy_port: options.proxy_port,
             disabled: false,
         };
         let pod_annotations = pod
@@ -396,6 +408,15 @@ impl Settings {
             "image" if !text.is_empty() => self.image = text.to_owned(),
             "port" => match text.parse::<u16>() {
                 Ok(port) if port != 0 => self.port = port,
+                _ => return bad(format!("'{text}' is not a port number")),
+            },
+            "proxy" => match text {
+                "true" => self.proxy = true,
+                "false" => self.proxy = false,
+                _ => return bad(format!("'{text}' is not true or false")),
+            },
+            "proxy-port" => match text.parse::<u16>() {
+                Ok(port) if port != 0 => self.proxy_port = port,
                 _ => return bad(format!("'{text}' is not a port number")),
             },
             "inject" => self.disabled = text == "disabled",
@@ -481,6 +502,13 @@ impl Injection {
         if self.settings.port != 8099 {
             flags.push(format!("--listen=0.0.0.0:{}", self.settings.port));
         }
+        let proxy = match self.settings.proxy {
+            true => Some(self.proxy_route(&container, &name)?),
+            false => None,
+        };
+        if let Some(route) = proxy {
+            flags.push(format!("--proxy={}={}", route.listen, route.app));
+        }
         let at = format!("/spec/containers/{index}");
         let shape = match &plan {
             Plan::Wrap { install: true, .. } => Shape::Install,
@@ -506,6 +534,13 @@ impl Injection {
                 argv.extend(command);
                 self.set(&format!("{at}/command"), json!(argv))?;
                 self.serve(&at, &container, timing)?;
+                if let Some(route) = proxy {
+                    self.journal.append(
+                        &mut self.pod,
+                        &format!("{at}/ports"),
+                        proxy_port(route),
+                    )?;
+                }
                 self.hook(&at, &name, &program)?;
             }
             Plan::Sidecar { process_name } => {
@@ -518,12 +553,14 @@ impl Injection {
                 ];
                 argv.extend(flags);
                 let port = self.settings.port;
+                let mut ports = vec![json!({ "name": PORT_NAME, "containerPort": port })];
+                ports.extend(proxy.map(proxy_port));
                 let sidecar = json!({
                     "name": SIDECAR,
                     "image": self.settings.image,
                     "restartPolicy": "Always",
                     "command": argv,
-                    "ports": [{ "name": PORT_NAME, "containerPort": port }],
+                    "ports": ports,
                     "readinessProbe": readiness_probe(port, timing),
                     "livenessProbe": liveness_probe(port),
                 });
@@ -610,6 +647,60 @@ impl Injection {
             }
         }
         Ok(())
+    }
+
+    /// The drain proxy in front of the app's serving port (its first TCP port), on the proxy
+    /// port, which no container may already use.
+    fn proxy_route(&self, container: &Value, name: &str) -> Result<Route, Refusal> {
+        let serving = items(container.get("ports")).iter().find(|p| {
+            p.get("protocol")
+                .and_then(Value::as_str)
+                .is_none_or(|p| p == "TCP")
+        });
+        let Some(app) = serving
+            .and_then(|p| p.get("containerPort"))
+            .and_then(Value::as_u64)
+            .and_then(|n| u16::try_from(n).ok())
+        else {
+            return refuse(
+                Some(name),
+                "the proxy needs the app's port: the container declares no TCP port",
+            );
+        };
+        let listen = self.settings.proxy_port;
+        if listen == self.settings.port {
+            return refuse(
+                Some(name),
+                format!(
+                    "the proxy's port {listen} is lameduck's own: choose another with lameduck.io/proxy-port"
+                ),
+            );
+        }
+        for field in ["initContainers", "containers"] {
+            for c in items(self.pod.pointer(&format!("/spec/{field}"))) {
+                let other = c.get("name").and_then(Value::as_str).unwrap_or("?");
+                for p in items(c.get("ports")) {
+                    if p.get("containerPort").and_then(Value::as_i64) == Some(i64::from(listen)) {
+                        return refuse(
+                            Some(other),
+                            format!(
+                                "port {listen} is taken; choose the proxy's with lameduck.io/proxy-port"
+                            ),
+                        );
+                    }
+                    if p.get("name").and_then(Value::as_str) == Some(PROXY_PORT_NAME) {
+                        return refuse(
+                            Some(other),
+                            format!("a port is already named \"{PROXY_PORT_NAME}\""),
+                        );
+                    }
+                }
+            }
+        }
+        Ok(Route {
+            listen: std::net::SocketAddr::from(([0, 0, 0, 0], listen)),
+            app: std::net::SocketAddr::from(([127, 0, 0, 1], app)),
+        })
     }
 
     /// Chooses the shape. The app's command is never guessed: it is the spec's, or given.
@@ -919,6 +1010,45 @@ fn readiness_timing(delay: Duration) -> Option<(u64, u64)> {
         2 => Some((1, 1)),
         _ => Some((1, 2)),
     }
+}
+
+/// The drain proxy's port on the container running lameduck.
+fn proxy_port(route: Route) -> Value {
+    json!({ "name": PROXY_PORT_NAME, "containerPort": route.listen.port() })
+}
+
+/// The drain proxy's routes in a pod inject injected (none in a pod it did not).
+pub fn proxy_routes(template: &Value) -> Vec<Route> {
+    if record(template).is_none() {
+        return Vec::new();
+    }
+    ["initContainers", "containers"]
+        .iter()
+        .flat_map(|field| items(template.pointer(&format!("/spec/{field}"))))
+        .filter_map(|c| strings(c.get("command")))
+        .flatten()
+        .filter_map(|word| word.strip_prefix("--proxy=")?.parse::<Route>().ok())
+        .collect()
+}
+
+/// A Service port's target as the endpoints resolve it in this pod: a number, or a name among
+/// the ports of its containers and native sidecars.
+pub fn target_port(template: &Value, target: &Value) -> Option<u16> {
+    if let Some(number) = target.as_u64() {
+        return u16::try_from(number).ok();
+    }
+    let name = target.as_str()?;
+    let sidecars = items(template.pointer("/spec/initContainers"))
+        .iter()
+        .filter(|c| c.get("restartPolicy").and_then(Value::as_str) == Some("Always"));
+    items(template.pointer("/spec/containers"))
+        .iter()
+        .chain(sidecars)
+        .flat_map(|c| items(c.get("ports")))
+        .find(|p| p.get("name").and_then(Value::as_str) == Some(name))
+        .and_then(|p| p.get("containerPort"))
+        .and_then(Value::as_u64)
+        .and_then(|n| u16::try_from(n).ok())
 }
 
 fn readiness_probe(port: u16, (period, failures): (u64, u64)) -> Value {
