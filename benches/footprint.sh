@@ -28,7 +28,7 @@ fi
 
 # The static binary the images ship, and the static fixture app (its `orphans N` mode).
 lameduck=$(scripts/build-static.sh)
-fixture=target/x86_64-unknown-linux-musl/release/examples/fixture
+fixture=target/x86_64-unknown-linux-gnu/release/examples/fixture
 cargo build --quiet --release --locked --example footprint_bench >&2
 
 cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Runs every lameduck test on a fresh Debian machine: installs what the tests need when it is
 # missing (nginx, HAProxy, Apache httpd, Caddy, lighttpd, gunicorn, util-linux's unshare, Python
-# for the manifest checks, musl-tools for the static build), then runs the whole suite. Needs
-# root (the tests make PID namespaces), a running Docker Engine (the container tests) and a Rust
-# toolchain 1.90+ installed with rustup (the static build adds the musl target).
+# for the manifest checks), then runs the whole suite. Needs root (the tests make PID
+# namespaces), a running Docker Engine (the container tests) and a Rust toolchain 1.90+ (its
+# default linker, rust-lld, folds identical code in the static build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,18 +27,11 @@ command -v lighttpd >/dev/null || missing+=(lighttpd)
 command -v gunicorn >/dev/null || missing+=(gunicorn)
 command -v kubectl >/dev/null || missing+=(kubernetes-client)
 command -v python3 >/dev/null || missing+=(python3)
-# The static build (scripts/build-static.sh) links musl; signal-hook's C part needs musl-gcc.
-command -v musl-gcc >/dev/null || missing+=(musl-tools)
 python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
 if ((${#missing[@]})); then
     echo "test.sh: installing ${missing[*]}" >&2
     apt-get -o DPkg::Lock::Timeout=600 update -qq
     DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq "${missing[@]}" >/dev/null
-fi
-
-if ! rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-linux-musl; then
-    echo "test.sh: adding the Rust target x86_64-unknown-linux-musl (the static build)" >&2
-    rustup target add x86_64-unknown-linux-musl
 fi
 
 # Python packages for the manifest schemas and the OpenMetrics parser the tests check against.

@@ -1351,7 +1351,7 @@ fn lameduck_image_is_built_from_the_static_binary_cargo_writes() {
     )
     .expect("scripts/build-static.sh");
     assert!(
-        build.contains("+crt-static") && build.contains("linux-musl"),
+        build.contains("+crt-static") && build.contains("linux-gnu"),
         "FROM scratch needs a static binary"
     );
     let docker = dockerfile.documented("docker build");

@@ -81,7 +81,8 @@ fn on_a_terminal(args: &str) -> String {
 
 #[test]
 fn on_a_terminal_only_warnings_are_logged_by_default() {
-    let text = on_a_terminal("");
+    // --prestop-insecure is one setting that warns at start.
+    let text = on_a_terminal("--prestop-insecure");
     assert!(text.contains("WARN"), "{text}");
     assert!(!text.contains("INFO"), "{text}");
 }
