@@ -313,7 +313,15 @@ fn the_sidecar_proxy_closes_kept_alive_connections_in_the_drain_and_ends_it_earl
     let route = format!("{proxy}={nginx_addr}");
     let mut run = Lameduck::start(
         Mode::Pid1,
-        &["sidecar", "--shutdown-delay", DELAY_FLAG, "--proxy", &route],
+        &[
+            "sidecar",
+            "--shutdown-delay",
+            DELAY_FLAG,
+            "--proxy",
+            &route,
+            // The hook below is a plain HTTP /prestop call, refused by default.
+            "--prestop-insecure",
+        ],
     );
     let endpoints = run.ready_addr();
     let mut client = TcpStream::connect(proxy).expect("connect");
