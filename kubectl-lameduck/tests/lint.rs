@@ -208,6 +208,7 @@ const RULES: &[(&str, &str)] = &[
     ("prestop-no-token", "error"),
     ("prestop-http-refused", "error"),
     ("prestop-exec-unseen", "warning"),
+    ("prestop-socket-mismatch", "error"),
     ("prestop-sleep", "warning"),
     ("grace-too-short", "error"),
     ("grace-period-mismatch", "error"),
@@ -259,6 +260,7 @@ rule_tests!(
     prestop_no_token,
     prestop_http_refused,
     prestop_exec_unseen,
+    prestop_socket_mismatch,
     prestop_sleep,
     grace_too_short,
     grace_period_mismatch,
@@ -636,4 +638,125 @@ fn a_bound_set_on_the_command_line_or_in_env_satisfies_lint() {
         rules_of("php:8.3-fpm", "--stop-signal, QUIT,", "php-fpm, -F"),
         BTreeSet::from(["server-bound-unseen".to_owned()])
     );
+}
+
+/// A Deployment whose app a native lameduck sidecar drains, the sidecar's endpoints on `port`:
+/// `sidecar` is one more field of the sidecar's container (flow YAML), and `hook` what follows
+/// `prestop` in the app's exec preStop hook.
+fn beside(sidecar: &str, port: u16, hook: &str) -> String {
+    format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: side}}\nspec:\n  replicas: 2\n  \
+         selector: {{matchLabels: {{app: side}}}}\n  template:\n    metadata: {{labels: {{app: side}}}}\n    \
+         spec:\n      shareProcessNamespace: true\n      volumes: [{{name: bin, emptyDir: {{}}}}]\n      \
+         initContainers:\n        - name: install\n          image: lameduck:0.1.0\n          \
+         command: [/lameduck, install, /shared]\n          volumeMounts: [{{name: bin, mountPath: /shared}}]\n        \
+         - name: lameduck\n          image: lameduck:0.1.0\n          restartPolicy: Always\n          \
+         command: [/lameduck, sidecar, --process-name=app]\n          {sidecar}\n          \
+         livenessProbe: {{httpGet: {{path: /livez, port: {port}}}}}\n      containers:\n        \
+         - name: app\n          image: app:1\n          \
+         readinessProbe: {{httpGet: {{path: /readyz, port: {port}}}, periodSeconds: 1, failureThreshold: 2}}\n          \
+         volumeMounts: [{{name: bin, mountPath: /shared}}]\n          \
+         lifecycle: {{preStop: {{exec: {{command: [/shared/lameduck, prestop{hook}]}}}}}}\n---\n\
+         apiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata: {{name: side}}\n\
+         spec: {{minAvailable: 1, selector: {{matchLabels: {{app: side}}}}}}\n"
+    )
+}
+
+#[test]
+fn a_hook_calling_another_socket_than_the_sidecar_s_is_an_error() {
+    let pod = beside("args: [--prestop-socket=web-hook]", 8099, "");
+    let ran = lint(&["--format", "json", "-"], &pod);
+    let list = findings(&ran);
+    assert_eq!(list.len(), 1, "{}", ran.stdout);
+    let finding = &list[0];
+    assert_eq!(finding["rule"], "prestop-socket-mismatch", "{finding}");
+    assert_eq!(finding["severity"], "error", "{finding}");
+    assert_eq!(finding["container"], "app", "{finding}");
+    assert_eq!(
+        finding["path"],
+        "spec.template.spec.containers[0].lifecycle.preStop.exec.command"
+    );
+    let message = finding["message"].as_str().unwrap_or_default();
+    for part in [
+        "calls @lameduck-prestop-8099 (the default --listen port 8099)",
+        "lameduck in container \"lameduck\" listens on @web-hook (--prestop-socket)",
+    ] {
+        assert!(message.contains(part), "{message}");
+    }
+    let fix = finding["fix"].as_str().unwrap_or_default();
+    assert!(fix.contains("--prestop-socket=web-hook"), "{fix}");
+    assert_eq!(ran.code, Some(1), "{}{}", ran.stdout, ran.stderr);
+}
+
+#[test]
+fn a_hook_naming_the_sidecar_s_socket_passes() {
+    let pod = beside(
+        "args: [--prestop-socket=web-hook]",
+        8099,
+        ", --prestop-socket=@web-hook",
+    );
+    let ran = lint(&["-"], &pod);
+    assert_eq!(ran.code, Some(0), "{}{}", ran.stdout, ran.stderr);
+    assert!(
+        ran.stdout.starts_with("lint: 0 errors, 0 warnings"),
+        "{}",
+        ran.stdout
+    );
+}
+
+#[test]
+fn a_hook_deriving_the_wrapper_s_socket_from_the_container_s_listen_variable_passes() {
+    // The hook's process has the container's environment: both read LAMEDUCK_LISTEN's port.
+    let pod = wrapped("app:1", "", "app")
+        .replace("port: 8099", "port: 9000")
+        .replace(
+            "          lifecycle:",
+            "          env: [{name: LAMEDUCK_LISTEN, value: '0.0.0.0:9000'}]\n          lifecycle:",
+        );
+    let ran = lint(&["-"], &pod);
+    assert_eq!(ran.code, Some(0), "{}{}", ran.stdout, ran.stderr);
+    assert!(
+        ran.stdout.starts_with("lint: 0 errors, 0 warnings"),
+        "{}",
+        ran.stdout
+    );
+}
+
+#[test]
+fn the_sidecar_s_listen_variable_does_not_reach_the_app_s_hook() {
+    let pod = beside(
+        "env: [{name: LAMEDUCK_LISTEN, value: '0.0.0.0:9000'}]",
+        9000,
+        "",
+    );
+    let ran = lint(&["--format", "json", "-"], &pod);
+    let list = findings(&ran);
+    assert_eq!(list.len(), 1, "{}", ran.stdout);
+    assert_eq!(list[0]["rule"], "prestop-socket-mismatch", "{}", ran.stdout);
+    let message = list[0]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("listens on @lameduck-prestop-9000 (LAMEDUCK_LISTEN port 9000)"),
+        "{message}"
+    );
+    let fix = list[0]["fix"].as_str().unwrap_or_default();
+    assert!(fix.contains("--listen=0.0.0.0:9000"), "{fix}");
+    assert_eq!(ran.code, Some(1));
+}
+
+#[test]
+fn a_hook_flag_lameduck_prestop_refuses_is_flag_invalid() {
+    let ran = lint(&["--format", "json", "-"], &beside("", 8099, ", --bogus"));
+    let list = findings(&ran);
+    assert_eq!(list.len(), 1, "{}", ran.stdout);
+    assert_eq!(list[0]["rule"], "flag-invalid", "{}", ran.stdout);
+    assert_eq!(
+        list[0]["path"],
+        "spec.template.spec.containers[0].lifecycle.preStop.exec.command[2]"
+    );
+    let message = list[0]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("--bogus") && message.contains("`lameduck prestop` refuses it"),
+        "{message}"
+    );
+    assert_eq!(ran.code, Some(1));
 }

@@ -183,6 +183,7 @@ impl Drain<'_, '_> {
                     "add an init container running `lameduck install /shared` onto an emptyDir, mount it at /shared here and run [/shared/lameduck, prestop]; ignore this if the image has the binary".into(),
                 );
             }
+            self.prestop_socket(container, findings);
             return;
         }
         let exec = argv.join(" ");
@@ -212,6 +213,56 @@ impl Drain<'_, '_> {
             &path,
             format!("the preStop hook does not call lameduck's /prestop on port {port}"),
             fix,
+        );
+    }
+
+    /// An exec hook's `lameduck prestop` must take its flags and variables, and call the socket
+    /// this lameduck listens on. Every container of a pod shares its network namespace, where
+    /// the abstract socket lives, so the name is all that decides, whichever container hooks.
+    fn prestop_socket(&self, container: &Container<'_>, findings: &mut Findings<'_, '_>) {
+        let Some(hook) = lameduck::read_hook(container) else {
+            return;
+        };
+        for (path, reason) in &hook.problems {
+            // A variable both read: lameduck's own refusal is reported already.
+            let reported = container.path == self.runner.path
+                && self.lameduck.problems.iter().any(|(p, _)| p == path);
+            if !reported {
+                findings.add(
+                    Rule::FlagInvalid,
+                    Some(container),
+                    path,
+                    format!("{reason}: `lameduck prestop` refuses it, so the preStop hook fails and the kubelet sends the stop signal at once"),
+                    "correct the hook's flag or the container's variable".into(),
+                );
+            }
+        }
+        let (Some(calls), Some(listens)) =
+            (&hook.socket.value, &self.settings().prestop_socket.value)
+        else {
+            return;
+        };
+        if calls.name == listens.name {
+            return;
+        }
+        let runner = self.runner.name;
+        findings.add(
+            Rule::PrestopSocketMismatch,
+            Some(container),
+            &hook.socket.path,
+            format!(
+                "the preStop hook calls @{} ({}), but lameduck in container \"{runner}\" listens on @{} ({}): the hook finds no lameduck and fails, and the drain does not start by hook",
+                calls.name, calls.from, listens.name, listens.from
+            ),
+            match (calls.port, listens.port) {
+                (Some(_), Some(port)) => format!(
+                    "pass --listen=0.0.0.0:{port}, lameduck's port, to `lameduck prestop` in the hook"
+                ),
+                _ => format!(
+                    "pass --prestop-socket={} to `lameduck prestop` in the hook",
+                    listens.name
+                ),
+            },
         );
     }
 

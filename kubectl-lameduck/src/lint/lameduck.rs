@@ -12,7 +12,7 @@ use nix::sys::signal::Signal;
 
 use super::manifest::{Container, Path};
 use super::yaml::Node;
-use ::lameduck::cli::{self, Cli, DrainArgs, Mode};
+use ::lameduck::cli::{self, Cli, DrainArgs, Mode, PrestopArgs, PrestopSocket};
 use ::lameduck::settings::{ReadinessDuringDelay, Route};
 use ::lameduck::signals::Rewrites;
 
@@ -65,6 +65,8 @@ pub struct Settings {
     pub process_name: bool,
     /// `--proxy`'s routes, when every value is known here (else none).
     pub proxy: Vec<Route>,
+    /// The hook socket it listens on, unknown when a value is, or the port is picked at start.
+    pub prestop_socket: Setting<Socket>,
 }
 
 impl Settings {
@@ -136,37 +138,58 @@ fn flags_of(command: &clap::Command) -> Vec<Flag> {
         .collect()
 }
 
+/// Which command line of lameduck a reader reads: a container's role, or the `lameduck
+/// prestop` of an exec preStop hook.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Line {
+    Wrapper,
+    Sidecar,
+    Install,
+    Prestop,
+}
+
 impl Role {
-    /// The mode word of this role's command line.
-    fn mode(&self) -> Option<&'static str> {
+    /// The command line this role runs.
+    fn line(&self) -> Line {
         match self {
-            Role::Wrapper => None,
-            Role::Sidecar => Some("sidecar"),
-            Role::Install { .. } => Some("install"),
+            Role::Wrapper => Line::Wrapper,
+            Role::Sidecar => Line::Sidecar,
+            Role::Install { .. } => Line::Install,
+        }
+    }
+}
+
+impl Line {
+    /// The mode word of this command line.
+    fn mode(self) -> Option<&'static str> {
+        match self {
+            Line::Wrapper => None,
+            Line::Sidecar => Some("sidecar"),
+            Line::Install => Some("install"),
+            Line::Prestop => Some("prestop"),
         }
     }
 
-    /// The shortest command line of this role that lameduck accepts.
-    fn argv(&self) -> Vec<String> {
+    /// The shortest command line of this kind that lameduck accepts.
+    fn argv(self) -> Vec<String> {
         let mut argv = vec!["lameduck".to_owned()];
-        match self {
-            Role::Wrapper => {}
-            Role::Sidecar => argv.push("sidecar".into()),
-            Role::Install { .. } => argv.extend(["install".into(), "/dir".into()]),
+        argv.extend(self.mode().map(str::to_owned));
+        if self == Line::Install {
+            argv.push("/dir".into());
         }
         argv
     }
 
     /// The app command that closes a wrapper's command line.
-    fn app(&self) -> &'static [&'static str] {
+    fn app(self) -> &'static [&'static str] {
         match self {
-            Role::Wrapper => &["--", "app"],
+            Line::Wrapper => &["--", "app"],
             _ => &[],
         }
     }
 
     /// Parses `words` (flags, each `--flag=value` or a switch) and `env` as lameduck would.
-    fn parse(&self, words: &[String], env: &[(String, String)]) -> Result<Cli, clap::Error> {
+    fn parse(self, words: &[String], env: &[(String, String)]) -> Result<Cli, clap::Error> {
         let mut argv = self.argv();
         argv.extend(words.iter().cloned());
         argv.extend(self.app().iter().map(|&word| word.to_owned()));
@@ -244,14 +267,15 @@ pub fn read(container: &Container<'_>) -> Option<Lameduck> {
     let mut reader = Reader {
         flags: match role {
             Role::Install { .. } => &[],
-            _ => flags(role.mode()),
+            _ => flags(role.line().mode()),
         },
-        role,
+        line: role.line(),
+        expands: true,
         given: Vec::new(),
         default_path: command_path,
         problems: Vec::new(),
     };
-    if let Role::Install { dir } = &reader.role
+    if let Role::Install { dir } = &role
         && dir.is_empty()
     {
         let path = reader.default_path.clone();
@@ -260,9 +284,10 @@ pub fn read(container: &Container<'_>) -> Option<Lameduck> {
     let args = argv.get(flags_from..).unwrap_or_default();
     let app_from = reader.read_line(args);
     reader.read_env(container);
-    let settings = reader.settings();
+    let parsed = reader.parse();
+    let settings = reader.settings(parsed.as_ref());
     Some(Lameduck {
-        role: reader.role,
+        role,
         program,
         argv_path: reader.default_path,
         settings,
@@ -274,6 +299,70 @@ pub fn read(container: &Container<'_>) -> Option<Lameduck> {
             .map(|arg| arg.text.to_owned())
             .collect(),
     })
+}
+
+/// An exec preStop hook that runs `lameduck prestop`, as lameduck's parser reads it.
+#[derive(Clone, Debug)]
+pub struct Hook {
+    /// The hook socket it calls, unknown when a value is.
+    pub socket: Setting<Socket>,
+    /// What `lameduck prestop` refuses in its flags or the container's variables: `(where, why)`.
+    pub problems: Vec<(Path, String)>,
+}
+
+/// Reads the container's exec preStop hook when it runs `lameduck prestop`: its flags, and the
+/// container's `LAMEDUCK_*` variables, which the hook's process has too.
+pub fn read_hook(container: &Container<'_>) -> Option<Hook> {
+    let command = container
+        .path
+        .keys(&["lifecycle", "preStop", "exec", "command"]);
+    let items = container
+        .node
+        .at(&["lifecycle", "preStop", "exec", "command"])?
+        .items();
+    let argv: Vec<Arg<'_>> = items
+        .iter()
+        .enumerate()
+        .filter_map(|(index, item)| {
+            Some(Arg {
+                text: item.text()?,
+                path: command.index(index),
+            })
+        })
+        .collect();
+    match argv.as_slice() {
+        [program, mode, ..]
+            if program.text.rsplit('/').next() == Some("lameduck") && mode.text == "prestop" => {}
+        _ => return None,
+    }
+    let mut reader = Reader {
+        flags: flags(Line::Prestop.mode()),
+        line: Line::Prestop,
+        // The kubelet runs an exec hook's command as written: no `$(VAR)` is expanded.
+        expands: false,
+        given: Vec::new(),
+        default_path: command,
+        problems: Vec::new(),
+    };
+    reader.read_line(argv.get(2..).unwrap_or_default());
+    reader.read_env(container);
+    let parsed = reader.parse();
+    let socket = reader.hook_socket(parsed.as_ref());
+    Some(Hook {
+        socket,
+        problems: reader.problems,
+    })
+}
+
+/// The abstract socket of the in-pod hook that a command line names, and what names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Socket {
+    /// The name, without its leading `@`.
+    pub name: String,
+    /// What gives the name: `--prestop-socket` or its variable, or the port of `--listen`.
+    pub from: String,
+    /// The port it is named after; none when `--prestop-socket` names it.
+    pub port: Option<u16>,
 }
 
 /// The container's argv (`command` then `args`) when its program is lameduck: an executable
@@ -326,7 +415,9 @@ fn raw(text: &str) -> Raw<'_> {
 /// Reads one container's lameduck flags and variables, value by value, so that each problem
 /// has the path where it is written.
 struct Reader<'a> {
-    role: Role,
+    line: Line,
+    /// Whether Kubernetes substitutes `$(VAR)` in the command line (not in an exec hook's).
+    expands: bool,
     flags: &'static [Flag],
     given: Vec<Given<'a>>,
     default_path: Path,
@@ -353,7 +444,7 @@ impl<'a> Reader<'a> {
                 break;
             }
             let Some(spec) = arg.text.strip_prefix("--") else {
-                if self.role == Role::Wrapper && !(arg.text.starts_with('-') && arg.text.len() > 1)
+                if self.line == Line::Wrapper && !(arg.text.starts_with('-') && arg.text.len() > 1)
                 {
                     // The first word that is not a flag starts the app's command.
                     app_from = Some(index);
@@ -389,11 +480,12 @@ impl<'a> Reader<'a> {
                 },
             };
             match value {
-                Some(value) => self.give(flag, Source::Line, raw(value), path),
+                Some(value) if self.expands => self.give(flag, Source::Line, raw(value), path),
+                Some(value) => self.give(flag, Source::Line, Raw::Text(value), path),
                 None => self.problem(path, format!("--{name} needs a value")),
             }
         }
-        if self.role == Role::Wrapper && app_from.is_none() {
+        if self.line == Line::Wrapper && app_from.is_none() {
             let path = self.default_path.clone();
             self.problem(path, "no app command: write it after `--`".to_owned());
         }
@@ -403,11 +495,11 @@ impl<'a> Reader<'a> {
     /// Why a flag this role does not take is wrong here.
     fn not_taken(&self, name: &str) -> String {
         let in_mode = |mode| flags(mode).iter().any(|f| f.long == name);
-        match self.role {
-            Role::Wrapper if in_mode(Some("sidecar")) => {
+        match self.line {
+            Line::Wrapper if in_mode(Some("sidecar")) => {
                 format!("--{name} is a flag of `lameduck sidecar` only")
             }
-            Role::Sidecar if in_mode(None) => {
+            Line::Sidecar if in_mode(None) => {
                 format!("--{name} is not a flag of `lameduck sidecar`")
             }
             _ => format!("unknown flag --{name}"),
@@ -474,7 +566,7 @@ impl<'a> Reader<'a> {
                 continue;
             };
             let (words, env) = self.words(flag, source, text);
-            if let Err(err) = self.role.parse(&words, &env) {
+            if let Err(err) = self.line.parse(&words, &env) {
                 self.given[index].accepted = false;
                 let label = match source {
                     Source::Line => format!("--{}", self.flags[flag].long),
@@ -497,7 +589,7 @@ impl<'a> Reader<'a> {
                 env.extend(e);
             }
         }
-        self.role.parse(&words, &env)
+        self.line.parse(&words, &env)
     }
 
     /// One value as lameduck's command line or environment holds it.
@@ -518,13 +610,14 @@ impl<'a> Reader<'a> {
         }
     }
 
-    /// The settings in effect, parsed by lameduck from every value it takes. A setting whose
-    /// value is only known at run time, or is wrong, is unknown (`None`).
-    fn settings(&mut self) -> Settings {
+    /// Parses every value lameduck takes, checking them one by one when they do not parse
+    /// together; each one it refuses becomes a problem and is no longer accepted. A setting
+    /// whose value is only known at run time, or is wrong, is then unknown (`None`).
+    fn parse(&mut self) -> Option<Cli> {
         // All values together first: each goes through its parser there, and no flag of
         // lameduck needs another, so when they parse together each parses alone, and the
         // one parse is all it takes. Only a failure needs the value-by-value look.
-        let parsed = match self.parse_accepted() {
+        match self.parse_accepted() {
             Ok(parsed) => Some(parsed),
             Err(_) => {
                 self.check_each();
@@ -540,22 +633,26 @@ impl<'a> Reader<'a> {
                     }
                 }
             }
-        };
+        }
+    }
+
+    /// The settings in effect, from what [`Reader::parse`] gave.
+    fn settings(&self, parsed: Option<&Cli>) -> Settings {
         // The drain settings: parsed, else the defaults (also those of `install`).
         let defaults;
-        let drain: Option<&DrainArgs> = match &parsed {
+        let drain: Option<&DrainArgs> = match parsed {
             Some(Cli { mode: None, wrap }) => Some(&wrap.drain),
             Some(Cli {
                 mode: Some(Mode::Sidecar(args)),
                 ..
             }) => Some(&args.drain),
             _ => {
-                defaults = Role::Wrapper.parse(&[], &[]).ok();
+                defaults = Line::Wrapper.parse(&[], &[]).ok();
                 defaults.as_ref().map(|cli| &cli.wrap.drain)
             }
         };
-        let rewrites = match (&parsed, self.known("rewrite")) {
-            (Some(cli), true) if self.role == Role::Wrapper => {
+        let rewrites = match (parsed, self.known("rewrite")) {
+            (Some(cli), true) if self.line == Line::Wrapper => {
                 Some(Rewrites::new(&cli.wrap.rewrites))
             }
             (_, true) => Some(Rewrites::default()),
@@ -600,6 +697,82 @@ impl<'a> Reader<'a> {
                 .filter(|_| self.known("proxy"))
                 .map(|d| d.proxy.clone())
                 .unwrap_or_default(),
+            prestop_socket: self.socket(
+                drain.map(|d| &d.prestop_socket),
+                drain.map(|d| d.listen),
+                true,
+            ),
+        }
+    }
+
+    /// The socket `lameduck prestop` calls, from what [`Reader::parse`] gave.
+    fn hook_socket(&self, parsed: Option<&Cli>) -> Setting<Socket> {
+        fn prestop(cli: &Cli) -> Option<&PrestopArgs> {
+            match &cli.mode {
+                Some(Mode::Prestop(args)) => Some(args),
+                _ => None,
+            }
+        }
+        // Parsed, else the defaults.
+        let defaults;
+        let args = match parsed.and_then(prestop) {
+            Some(args) => Some(args),
+            None => {
+                defaults = Line::Prestop.parse(&[], &[]).ok();
+                defaults.as_ref().and_then(prestop)
+            }
+        };
+        self.socket(args.map(|a| &a.socket), args.map(|a| a.listen), false)
+    }
+
+    /// The hook socket a command line names: `--prestop-socket` (or its variable), else the
+    /// name lameduck's [`PrestopSocket::resolve`] gives `--listen`'s port. `bound` is for
+    /// lameduck's own side, where port 0 is a port picked at start, which lint cannot know.
+    fn socket(
+        &self,
+        socket: Option<&PrestopSocket>,
+        listen: Option<SocketAddr>,
+        bound: bool,
+    ) -> Setting<Socket> {
+        if let Some(path) = self.in_effect("prestop-socket") {
+            let value = socket
+                .filter(|_| self.known("prestop-socket"))
+                .and_then(|s| s.name.clone())
+                .map(|name| Socket {
+                    name,
+                    from: self.label("prestop-socket"),
+                    port: None,
+                });
+            return Setting { value, path };
+        }
+        let listen = self.setting("listen", listen);
+        let value = socket
+            .zip(listen.value)
+            .filter(|(_, addr)| !(bound && addr.port() == 0))
+            .map(|(socket, addr)| Socket {
+                name: socket.resolve(addr.port()),
+                from: match self.in_effect("listen") {
+                    Some(_) => format!("{} port {}", self.label("listen"), addr.port()),
+                    None => format!("the default --listen port {}", addr.port()),
+                },
+                port: Some(addr.port()),
+            });
+        Setting {
+            value,
+            path: listen.path,
+        }
+    }
+
+    /// How the value in effect of a flag is given: `--flag`, or its variable's name.
+    fn label(&self, long: &str) -> String {
+        let given = self
+            .index(long)
+            .and_then(|flag| self.given.iter().rev().find(|g| g.flag == flag));
+        match given {
+            Some(g) if g.source == Source::Env => {
+                self.flags[g.flag].env.clone().unwrap_or_default()
+            }
+            _ => format!("--{long}"),
         }
     }
 
@@ -752,16 +925,44 @@ mod tests {
         assert_eq!(ld.settings.shutdown_delay.value, None);
     }
 
-    /// A container running lameduck in `role` with `words` after the mode and `env`.
-    fn container(role: &Role, words: &[String], env: Option<(&str, &str)>) -> Option<Lameduck> {
+    /// What lint read from one command line: a container's lameduck, or an exec hook's.
+    enum Read {
+        Lameduck(Box<Lameduck>),
+        Hook(Hook),
+    }
+
+    impl Read {
+        fn problems(&self) -> &[(Path, String)] {
+            match self {
+                Read::Lameduck(ld) => &ld.problems,
+                Read::Hook(hook) => &hook.problems,
+            }
+        }
+    }
+
+    /// A container running lameduck's command line `line` with `words` after the mode and
+    /// `env` (`lameduck prestop` as the container's preStop hook), as lint reads it.
+    fn container(line: Line, words: &[String], env: Option<(&str, &str)>) -> Read {
         let quote = |text: &str| format!("'{}'", text.replace('\'', "''"));
-        let mut argv: Vec<String> = role.argv().iter().map(|w| quote(w)).collect();
+        let mut argv: Vec<String> = line.argv().iter().map(|w| quote(w)).collect();
         argv.extend(words.iter().map(|w| quote(w)));
-        argv.extend(role.app().iter().map(|w| quote(w)));
+        argv.extend(line.app().iter().map(|w| quote(w)));
         let env = env.map_or_else(String::new, |(name, value)| {
             format!(", env: [{{name: {name}, value: {}}}]", quote(value))
         });
-        lameduck(&format!("{{command: [{}]{env}}}", argv.join(", ")))
+        let argv = argv.join(", ");
+        if line != Line::Prestop {
+            return Read::Lameduck(Box::new(
+                lameduck(&format!("{{command: [{argv}]{env}}}")).unwrap(),
+            ));
+        }
+        let text = format!(
+            "{{kind: Pod, spec: {{containers: [{{command: [app], lifecycle: {{preStop: {{exec: {{command: [{argv}]}}}}}}{env}}}]}}}}"
+        );
+        let docs = yaml::parse(&text).unwrap();
+        let objects = Object::all_in("t", &docs[0]);
+        let pod = objects[0].pod().unwrap();
+        Read::Hook(read_hook(&pod.containers[0]).unwrap())
     }
 
     /// Values of every kind lameduck's flags take, and some they refuse.
@@ -813,8 +1014,8 @@ mod tests {
     #[test]
     fn lint_reads_every_flag_as_the_init_s_clap_definition_does() {
         let definition = Cli::command();
-        for role in [Role::Wrapper, Role::Sidecar] {
-            let command = match role.mode() {
+        for (line, at_least) in [(Line::Wrapper, 9), (Line::Sidecar, 9), (Line::Prestop, 2)] {
+            let command = match line.mode() {
                 Some(mode) => definition.find_subcommand(mode).unwrap().clone(),
                 None => definition.clone(),
             };
@@ -836,34 +1037,34 @@ mod tests {
                     } else {
                         format!("--{long}={sample}")
                     };
-                    let mut argv = role.argv();
+                    let mut argv = line.argv();
                     argv.push(word.clone());
-                    argv.extend(role.app().iter().map(|w| (*w).to_owned()));
-                    let clap = command_of(&role).try_get_matches_from(&argv);
-                    let lint = container(&role, std::slice::from_ref(&word), None).unwrap();
+                    argv.extend(line.app().iter().map(|w| (*w).to_owned()));
+                    let clap = command_of(line).try_get_matches_from(&argv);
+                    let lint = container(line, std::slice::from_ref(&word), None);
                     assert_eq!(
-                        lint.problems.is_empty(),
+                        lint.problems().is_empty(),
                         clap.is_ok(),
-                        "{role:?} {word}: lint says {:?}, clap says {:?}",
-                        lint.problems,
+                        "{line:?} {word}: lint says {:?}, clap says {:?}",
+                        lint.problems(),
                         clap.err().map(|e| e.to_string())
                     );
-                    if lint.problems.is_empty() {
+                    if lint.problems().is_empty() {
                         accepted += 1;
-                        assert_same_settings(&lint, &argv);
+                        assert_same_settings(line, &lint, &argv);
                     }
                     // Its variable takes what the flag takes (a switch's takes true or false).
-                    let env = container(&role, &[], Some((variable, sample))).unwrap();
+                    let env = container(line, &[], Some((variable, sample)));
                     let expected = if takes_value {
-                        lint.problems.is_empty()
+                        lint.problems().is_empty()
                     } else {
                         matches!(*sample, "true" | "false")
                     };
                     assert_eq!(
-                        env.problems.is_empty(),
+                        env.problems().is_empty(),
                         expected,
-                        "{role:?} {variable}={sample}: {:?}",
-                        env.problems
+                        "{line:?} {variable}={sample}: {:?}",
+                        env.problems()
                     );
                 }
                 assert!(
@@ -871,29 +1072,43 @@ mod tests {
                     "no sample value fits --{long}: add one to SAMPLES"
                 );
             }
-            assert!(flags >= 9, "{role:?}: only {flags} flags found");
+            assert!(flags >= at_least, "{line:?}: only {flags} flags found");
         }
     }
 
-    /// The raw clap definition of a role's command line, reading no environment.
-    fn command_of(role: &Role) -> clap::Command {
+    /// The raw clap definition of a command line, reading no environment.
+    fn command_of(line: Line) -> clap::Command {
         let command = Cli::command().mut_args(|a| a.env(None));
-        match role.mode() {
+        match line.mode() {
             Some(mode) => command.mut_subcommand(mode, |m| m.mut_args(|a| a.env(None))),
             None => command,
         }
     }
 
     /// The settings lint read are those lameduck's parser gives the same command line.
-    fn assert_same_settings(lint: &Lameduck, argv: &[String]) {
+    fn assert_same_settings(line: Line, lint: &Read, argv: &[String]) {
         use clap::FromArgMatches;
-        let matches = command_of(&lint.role).try_get_matches_from(argv).unwrap();
+        let matches = command_of(line).try_get_matches_from(argv).unwrap();
         let cli = Cli::from_arg_matches(&matches).unwrap();
+        let lint = match (lint, &cli.mode) {
+            (Read::Hook(hook), Some(Mode::Prestop(args))) => {
+                let calls = args.socket.resolve(args.listen.port());
+                let read = hook.socket.value.as_ref().map(|s| s.name.as_str());
+                assert_eq!(read, Some(calls.as_str()), "{argv:?}");
+                return;
+            }
+            (Read::Lameduck(lint), _) => lint,
+            (Read::Hook(_), _) => panic!("{argv:?} is no lameduck prestop"),
+        };
         let drain = match &cli.mode {
             Some(Mode::Sidecar(args)) => &args.drain,
             _ => &cli.wrap.drain,
         };
         let s = &lint.settings;
+        let bound = (drain.listen.port() != 0 || drain.prestop_socket.name.is_some())
+            .then(|| drain.prestop_socket.resolve(drain.listen.port()));
+        let read = s.prestop_socket.value.as_ref().map(|s| s.name.clone());
+        assert_eq!(read, bound, "{argv:?}");
         assert_eq!(s.listen.value, Some(drain.listen), "{argv:?}");
         assert_eq!(
             s.shutdown_delay.value,

@@ -65,6 +65,7 @@ rules! {
     PrestopNoToken = "prestop-no-token", Error;
     PrestopHttpRefused = "prestop-http-refused", Error;
     PrestopExecUnseen = "prestop-exec-unseen", Warning;
+    PrestopSocketMismatch = "prestop-socket-mismatch", Error;
     PrestopSleep = "prestop-sleep", Warning;
     GraceTooShort = "grace-too-short", Error;
     GracePeriodMismatch = "grace-period-mismatch", Error;
