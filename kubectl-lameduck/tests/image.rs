@@ -1,10 +1,21 @@
 //! The plugin's image (images/kubectl-lameduck.Dockerfile), built the way its comment says,
-//! from scratch, runs `lint` on the shipped examples in a container with no network, as a
-//! non-root user. Needs Docker: without it this test fails, it does not skip.
+//! from scratch: it runs `lint` on the shipped examples in a container with no network, as a
+//! non-root user, and serves its admission webhook over TLS from a mounted Secret-like volume,
+//! reached on a loopback port docker publishes, until `docker stop`. Needs Docker: without it
+//! these tests fail, they do not skip.
+
+mod common;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use serde_json::{Value, json};
+
+use common::webhook::{Ca, Client, SecretVolume, scratch};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -47,11 +58,25 @@ impl Drop for Image {
     }
 }
 
-#[test]
-fn the_scratch_image_lints_the_examples_without_network_or_root() {
-    let built = run("scripts/build-static.sh", &["kubectl-lameduck"], b"");
-    assert!(built.status.success(), "{}", describe(&built));
-    let image = Image(format!("kubectl-lameduck-it-{}:test", std::process::id()));
+/// The image, tagged for one test. The static release build behind it, the slow part, is made
+/// once for all the tests here; `docker build` of its one layer then takes a moment.
+fn image(test: &str) -> Image {
+    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
+    let built = BUILT.get_or_init(|| {
+        let built = run("scripts/build-static.sh", &["kubectl-lameduck"], b"");
+        if built.status.success() {
+            Ok(())
+        } else {
+            Err(describe(&built))
+        }
+    });
+    if let Err(failed) = built {
+        panic!("scripts/build-static.sh kubectl-lameduck: {failed}");
+    }
+    let image = Image(format!(
+        "kubectl-lameduck-it-{test}-{}:test",
+        std::process::id()
+    ));
     let docker_built = run(
         "docker",
         &[
@@ -67,7 +92,12 @@ fn the_scratch_image_lints_the_examples_without_network_or_root() {
         b"",
     );
     assert!(docker_built.status.success(), "{}", describe(&docker_built));
+    image
+}
 
+#[test]
+fn the_scratch_image_lints_the_examples_without_network_or_root() {
+    let image = image("lint");
     let examples = root().join("examples");
     let mount = format!("{}:/examples:ro", examples.display());
     let mut args = vec![
@@ -113,4 +143,184 @@ fn the_scratch_image_lints_the_examples_without_network_or_root() {
         b"",
     );
     assert_eq!(String::from_utf8_lossy(&user.stdout).trim(), "65532:65532");
+}
+
+/// The webhook, run from the image as the example Deployment runs it (non-root, read-only
+/// root, no capabilities), with `volume` mounted at /tls like its Secret and its port
+/// published on a loopback port docker picks; removed when dropped.
+struct Served {
+    id: String,
+    addr: std::net::SocketAddr,
+}
+
+impl Served {
+    fn start(image: &Image, volume: &SecretVolume) -> Served {
+        let mount = format!("{}:/tls:ro", volume.dir.display());
+        let started = run(
+            "docker",
+            &[
+                "run",
+                "-d",
+                "--read-only",
+                "--cap-drop",
+                "ALL",
+                "--security-opt",
+                "no-new-privileges",
+                "-p",
+                "127.0.0.1::8443",
+                "-v",
+                &mount,
+                &image.0,
+                "webhook",
+                "--tls-cert=/tls/tls.crt",
+                "--tls-key=/tls/tls.key",
+            ],
+            b"",
+        );
+        assert!(started.status.success(), "{}", describe(&started));
+        let id = String::from_utf8_lossy(&started.stdout).trim().to_owned();
+        let mut served = Served {
+            id,
+            addr: ([127, 0, 0, 1], 0).into(),
+        };
+        // The published port answers at once (docker's proxy); the webhook's own line says
+        // when it listens.
+        let began = Instant::now();
+        while !served.logs().contains("webhook listening") {
+            assert!(
+                began.elapsed() < Duration::from_secs(10),
+                "the webhook did not listen within 10s:\n{}",
+                served.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let port = run("docker", &["port", &served.id, "8443/tcp"], b"");
+        assert!(port.status.success(), "{}", describe(&port));
+        let published = String::from_utf8_lossy(&port.stdout);
+        served.addr = published
+            .lines()
+            .find_map(|line| line.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no loopback address in {published:?}"));
+        served
+    }
+
+    /// What the webhook wrote (its JSON log, on stderr).
+    fn logs(&self) -> String {
+        let logs = run("docker", &["logs", &self.id], b"");
+        String::from_utf8_lossy(&logs.stderr).into_owned()
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = run("docker", &["rm", "-f", &self.id], b"");
+    }
+}
+
+/// The documentation's pod-create review, of a pod in a namespace that opted in.
+fn pod_review() -> Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/admission/nginx-pod-create.json");
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// POSTs `review` to /mutate on `client`; the AdmissionReview's response, checked for its uid.
+fn admit(rt: &tokio::runtime::Runtime, client: &mut Client, review: &Value) -> Value {
+    let reply = rt
+        .block_on(client.post("/mutate", serde_json::to_vec(review).unwrap()))
+        .unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let answer = reply.json();
+    assert_eq!(answer["kind"], "AdmissionReview", "{answer}");
+    assert_eq!(answer["response"]["uid"], review["request"]["uid"]);
+    assert_eq!(answer["response"]["allowed"], true, "{answer}");
+    answer["response"].clone()
+}
+
+#[test]
+fn the_image_s_webhook_answers_a_review_over_tls_with_inject_s_patch() {
+    let image = image("webhook");
+    let ca = Ca::new();
+    let volume = SecretVolume::new(&scratch("image-webhook-tls"), &ca.serving());
+    let served = Served::start(&image, &volume);
+
+    let rt = runtime();
+    let mut client = rt
+        .block_on(Client::connect(served.addr, &ca.cert))
+        .unwrap_or_else(|err| panic!("{err}\n{}", served.logs()));
+    let review = pod_review();
+    let response = admit(&rt, &mut client, &review);
+    assert_eq!(response["patchType"], "JSONPatch", "{response}");
+    let patch = base64::engine::general_purpose::STANDARD
+        .decode(response["patch"].as_str().expect("a patch"))
+        .unwrap();
+    let patch: json_patch::Patch = serde_json::from_slice(&patch).unwrap();
+    let mut pod = review["request"]["object"].clone();
+    json_patch::patch(&mut pod, &patch).unwrap();
+
+    // The same image's `inject` makes the same pod of it.
+    let pod_text = review["request"]["object"].to_string();
+    let args = [
+        "run",
+        "--rm",
+        "-i",
+        "--network",
+        "none",
+        &image.0,
+        "inject",
+        "-",
+    ];
+    let injected = run("docker", &args, pod_text.as_bytes());
+    assert!(injected.status.success(), "{}", describe(&injected));
+    let injected: Value = serde_json::from_slice(&injected.stdout).unwrap();
+    assert_eq!(pod, injected, "the webhook's pod differs from inject's");
+    let wrapper = &pod["spec"]["containers"][0]["command"][0];
+    assert_eq!(wrapper, &json!("/opt/lameduck/lameduck"), "{pod}");
+}
+
+#[test]
+fn docker_stop_ends_the_image_s_webhook_with_exit_0_within_its_grace() {
+    let image = image("webhook-stop");
+    let ca = Ca::new();
+    let volume = SecretVolume::new(&scratch("image-webhook-stop-tls"), &ca.serving());
+    let served = Served::start(&image, &volume);
+
+    // A connection kept alive after its review, as the API server keeps them, stays open
+    // across the stop: the graceful stop must not wait for it until docker's SIGKILL.
+    let rt = runtime();
+    let mut client = rt
+        .block_on(Client::connect(served.addr, &ca.cert))
+        .unwrap_or_else(|err| panic!("{err}\n{}", served.logs()));
+    admit(&rt, &mut client, &pod_review());
+
+    // SIGTERM, then SIGKILL after docker's default 10s; killed, the exit code would be 137.
+    let began = Instant::now();
+    let stopped = run("docker", &["stop", &served.id], b"");
+    let took = began.elapsed();
+    assert!(stopped.status.success(), "{}", describe(&stopped));
+    let state = run(
+        "docker",
+        &[
+            "inspect",
+            "--format",
+            "{{.State.ExitCode}} {{.State.OOMKilled}}",
+            &served.id,
+        ],
+        b"",
+    );
+    let logs = served.logs();
+    assert_eq!(
+        String::from_utf8_lossy(&state.stdout).trim(),
+        "0 false",
+        "docker stop took {took:?}\n{logs}"
+    );
+    assert!(logs.contains("webhook stopped"), "{logs}");
+    eprintln!("docker stop ended the webhook in {took:?}");
+    drop(client);
 }
