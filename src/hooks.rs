@@ -42,9 +42,16 @@ impl Hooks {
     }
 }
 
-/// The number of hook calls waiting for their answer, shared with the executor.
+/// The number of hook calls waiting for their answer, and of all calls so far, shared with the
+/// executor.
 #[derive(Clone, Default)]
-pub struct HeldCount(Arc<AtomicUsize>);
+pub struct HeldCount(Arc<Counts>);
+
+#[derive(Default)]
+struct Counts {
+    held: AtomicUsize,
+    calls: AtomicUsize,
+}
 
 impl HeldCount {
     /// What a shutdown signal finds: `started_by_hook` says whether a hook call started the drain.
@@ -54,10 +61,10 @@ impl HeldCount {
         if !started_by_hook {
             return Hook::NotCalled;
         }
-        if self.0.load(Ordering::SeqCst) > 0 {
+        if self.0.held.load(Ordering::SeqCst) > 0 {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        if self.0.load(Ordering::SeqCst) > 0 {
+        if self.0.held.load(Ordering::SeqCst) > 0 {
             Hook::Held
         } else {
             Hook::Ended
@@ -73,10 +80,14 @@ const ANSWER_WRITE: Duration = Duration::from_millis(20);
 impl HeldCount {
     /// Before lameduck exits: gives held calls a moment to take their answer and their
     /// connection tasks time to write it, so that the kubelet sees the hook return
-    /// rather than break when the app exits right after its stop signal.
+    /// rather than break when the app exits right after its stop signal. Without any hook
+    /// call there is nothing to write, and the exit is not delayed.
     pub async fn settle(&self) {
+        if self.0.calls.load(Ordering::SeqCst) == 0 {
+            return;
+        }
         let deadline = tokio::time::Instant::now() + SETTLE;
-        while self.0.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
+        while self.0.held.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         // A short sleep, not yields: the answered calls' connection tasks write meanwhile.
@@ -93,7 +104,8 @@ struct Held {
 
 impl Held {
     fn new(count: HeldCount, via: &'static str) -> Self {
-        count.0.fetch_add(1, Ordering::SeqCst);
+        count.0.calls.fetch_add(1, Ordering::SeqCst);
+        count.0.held.fetch_add(1, Ordering::SeqCst);
         Held {
             count,
             via,
@@ -108,7 +120,7 @@ impl Held {
 
 impl Drop for Held {
     fn drop(&mut self) {
-        self.count.0.fetch_sub(1, Ordering::SeqCst);
+        self.count.0.held.fetch_sub(1, Ordering::SeqCst);
         if !self.answered {
             tracing::warn!(
                 via = self.via,
