@@ -39,7 +39,8 @@ fn wrap(args: WrapArgs) -> Result<i32, Fatal> {
     let rewrites = Rewrites::new(&args.rewrites);
     let config = args.drain.validate(&rewrites).map_err(Fatal::usage)?;
     let quiet = args.quiet.validate(&config).map_err(Fatal::usage)?;
-    let ignored = signals::take_over();
+    let caught = signals::Caught::wrapper();
+    let ignored = signals::take_over(&caught);
     if ignored.contains(config.stop_signal) {
         tracing::warn!(signal = %signals::short_name(config.stop_signal), "the stop signal was ignored when lameduck started, so the app ignores it too and will be killed at the drain timeout");
     }
@@ -51,8 +52,8 @@ fn wrap(args: WrapArgs) -> Result<i32, Fatal> {
         }
     }
     lameduck::runtime()?.block_on(async move {
-        let signals = signals::catch()
-            .map_err(|err| Fatal::failed(format!("cannot install signal handlers: {err}")))?;
+        let signals = signals::catch(&caught)
+            .map_err(|err| Fatal::failed(format!("cannot catch signals: {err}")))?;
         let listener = lameduck::http::bind(&config)?;
         let listen_port = lameduck::http::announce(&listener, &config);
         let proxy = Proxy::start(&config.proxy, config.proxy_forwarded).map_err(Fatal::usage)?;

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use signal_hook_tokio::Signals;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
@@ -22,7 +21,7 @@ use crate::logging;
 use crate::metrics::Metrics;
 use crate::phase::{Event, Phase};
 use crate::proxy::Proxy;
-use crate::signals::{Rewrites, short_name};
+use crate::signals::{self, Caught, Intake, Rewrites, short_name};
 use crate::status::Snapshot;
 use crate::target::{Selector, Target};
 
@@ -59,11 +58,12 @@ pub fn run(args: SidecarArgs) -> Result<i32, Fatal> {
             None
         }
     };
-    // A blocked SIGTERM would never reach the sidecar; it has no app to pass ignored signals to.
-    crate::signals::take_over();
+    // It has no app to pass ignored signals to.
+    let caught = Caught::sidecar();
+    signals::take_over(&caught);
     crate::runtime()?.block_on(async move {
-        let signals = Signals::new([Signal::SIGTERM as i32, Signal::SIGINT as i32])
-            .map_err(|err| Fatal::failed(format!("cannot install signal handlers: {err}")))?;
+        let signals = signals::catch(&caught)
+            .map_err(|err| Fatal::failed(format!("cannot catch signals: {err}")))?;
         crate::child::raise_open_files();
         let listener = crate::http::bind(&config)?;
         let listen_port = crate::http::announce(&listener, &config);
@@ -129,8 +129,7 @@ struct Sidecar {
 }
 
 impl Sidecar {
-    async fn run(mut self, mut signals: Signals, mut events: mpsc::Receiver<Event>) -> i32 {
-        use futures_core::Stream;
+    async fn run(mut self, mut signals: Intake, mut events: mpsc::Receiver<Event>) -> i32 {
         let mut exit_when_done = false;
         let mut find_timer = tokio::time::interval(FIND_INTERVAL);
         let mut missing_since = None;
@@ -143,8 +142,8 @@ impl Sidecar {
             let looking =
                 self.target.is_none() && self.selector.is_some() && phase < Phase::Draining;
             let event = tokio::select! {
-                signal = std::future::poll_fn(|cx| std::pin::Pin::new(&mut signals).poll_next(cx)) => {
-                    let name = signal.and_then(|s| Signal::try_from(s).ok()).map_or("?", short_name);
+                received = signals.next() => {
+                    let name = received.ok().and_then(|r| Signal::try_from(r.number).ok()).map_or("?", short_name);
                     if self.drained() || (phase < Phase::Draining && self.target.is_none()) {
                         tracing::info!(signal = name, "no drain under way; exiting");
                         return 0;

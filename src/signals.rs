@@ -1,22 +1,26 @@
-//! Which signals lameduck catches, what it takes over from its parent (the blocked mask, the
-//! ignored signals), how signals are named, and how they are rewritten before being forwarded
-//! to the app.
+//! Which signals lameduck catches and how it receives them, what it takes over from its parent
+//! (the blocked mask, the ignored signals), how signals are named, and how they are rewritten
+//! before being forwarded to the app.
+//!
+//! The caught signals are blocked from the start and read from a signalfd, as tini waits for
+//! them with sigtimedwait: no handler runs, a signal waits in the kernel until the loop reads
+//! it with its sender, and catching sixty signals costs two system calls.
 
 use std::fmt;
 use std::io;
 use std::str::FromStr;
 
 use nix::sys::signal::{self, SigSet, SigmaskHow, Signal};
-use signal_hook::iterator::exfiltrator::origin::WithOrigin;
-use signal_hook_tokio::SignalsInfo;
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use tokio::io::unix::AsyncFd;
 
-/// Every signal lameduck installs a handler for and forwards to the app, besides the
-/// real-time ones (SIGRTMIN..SIGRTMAX), which nix has no names for.
+/// Every signal lameduck catches and forwards to the app, besides the real-time ones
+/// (SIGRTMIN..SIGRTMAX), which nix has no names for.
 ///
-/// As PID 1 the kernel drops any signal that has no handler, so a signal missing here would
-/// never reach the app. SIGKILL and SIGSTOP cannot be caught; SIGILL, SIGFPE and SIGSEGV are
-/// left alone (signal-hook forbids them: a handler that returns re-runs the faulting
-/// instruction), so a `kill -SEGV` to lameduck kills it, or, as PID 1, is dropped.
+/// As PID 1 the kernel drops any signal that is neither blocked nor handled, so a signal
+/// missing here would never reach the app. SIGKILL and SIGSTOP cannot be caught; SIGILL,
+/// SIGFPE and SIGSEGV are left alone (the Rust runtime's handler reports a stack overflow
+/// with SIGSEGV), so a `kill -SEGV` to lameduck kills it, or, as PID 1, is dropped.
 pub const FORWARDED: &[Signal] = &[
     Signal::SIGHUP,
     Signal::SIGINT,
@@ -46,9 +50,10 @@ pub const FORWARDED: &[Signal] = &[
 ];
 
 /// Signals that a fault inside lameduck raises, but that users also send with `kill` (ABRT for
-/// a core dump of the app). Forwarded only when sent with kill(2) or sigqueue(3); raised any
-/// other way (abort(3), a bus error, a breakpoint, seccomp), they crash lameduck as they would
-/// without a handler.
+/// a core dump of the app). Forwarded only when sent with kill(2) or sigqueue(3). A real fault
+/// (a bus error, a breakpoint, seccomp) is forced through the block by the kernel and kills
+/// lameduck; raised any other way (tgkill, as abort(3) does), they crash lameduck as they
+/// would if it did not catch them.
 const FAULT_LIKE: &[Signal] = &[
     Signal::SIGABRT,
     Signal::SIGBUS,
@@ -109,14 +114,38 @@ impl Ignored {
     }
 }
 
+/// The signals a mode catches. Wrapping an app, lameduck catches every signal it forwards,
+/// the real-time ones and SIGCHLD; as a sidecar, only the two that stop it.
+pub struct Caught(SigSet);
+
+impl Caught {
+    /// What the wrapper catches.
+    pub fn wrapper() -> Self {
+        let mut set: SigSet = FORWARDED.iter().copied().collect();
+        set.add(Signal::SIGCHLD);
+        let mut raw = *set.as_ref();
+        for number in realtime() {
+            // SAFETY: `raw` is an initialized sigset_t and `number` a valid signal number.
+            unsafe { libc::sigaddset(&mut raw, number) };
+        }
+        // SAFETY: `raw` came from a valid SigSet and only had signals added.
+        Caught(unsafe { SigSet::from_sigset_t_unchecked(raw) })
+    }
+
+    /// What the sidecar catches.
+    pub fn sidecar() -> Self {
+        Caught([Signal::SIGTERM, Signal::SIGINT].into_iter().collect())
+    }
+}
+
 /// Takes over the signal state lameduck's parent left it: notes which signals are ignored
-/// (for the app), and clears the blocked mask, which would otherwise keep a SIGTERM pending
-/// forever with no drain. Runs before the handlers are installed and before any thread starts,
-/// so every thread inherits the empty mask.
+/// (for the app), and replaces the blocked mask with the caught signals, so that a signal the
+/// parent blocked still arrives and a caught one waits for the intake. Runs before any thread
+/// starts, so every thread inherits the mask; the app gets an empty one (see `child`).
 ///
 /// SIGPIPE is the exception: the Rust runtime ignores it before `main`, so whether the parent
 /// did is unknown, and the app gets the default action, as from `std::process::Command`.
-pub fn take_over() -> Ignored {
+pub fn take_over(caught: &Caught) -> Ignored {
     let mut ignored = 0u64;
     // 32 up to SIGRTMIN belong to the C library, not to the parent.
     for number in (1..32).chain(realtime()) {
@@ -130,43 +159,72 @@ pub fn take_over() -> Ignored {
             ignored |= 1 << (number - 1);
         }
     }
-    if let Err(err) = signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None) {
-        tracing::warn!(%err, "cannot clear the inherited blocked signal mask");
+    if let Err(err) = signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&caught.0), None) {
+        tracing::warn!(%err, "cannot replace the inherited blocked signal mask");
     }
     Ignored(ignored)
 }
 
-/// Installs lameduck's handlers: every forwarded signal, the real-time ones, and SIGCHLD.
-///
-/// A fault-like signal (ABRT, BUS, TRAP, SYS) first passes a guard that crashes lameduck
-/// unless a process sent it; no earlier handler is chained for them (the Rust runtime's SIGBUS
-/// handler would reset it to the default action on the first `kill -BUS`).
-pub fn catch() -> io::Result<SignalsInfo<WithOrigin>> {
-    for &fault in FAULT_LIKE {
-        let number = fault as i32;
-        // SAFETY: SIG_DFL installs no code; the guard only makes async-signal-safe calls.
-        unsafe {
-            libc::signal(number, libc::SIG_DFL);
-            signal_hook_registry::register_sigaction(number, move |info| {
-                if !matches!(info.si_code, libc::SI_USER | libc::SI_QUEUE) {
-                    crash(number);
-                }
-            })?;
-        }
-    }
-    let caught = FORWARDED
-        .iter()
-        .map(|&s| s as i32)
-        .chain(realtime())
-        .chain([Signal::SIGCHLD as i32]);
-    SignalsInfo::<WithOrigin>::new(caught)
+/// Where the caught signals are read, one at a time, with their sender.
+pub struct Intake(AsyncFd<SignalFd>);
+
+/// One signal lameduck received.
+#[derive(Clone, Copy, Debug)]
+pub struct Received {
+    /// The signal's number.
+    pub number: i32,
+    /// The sending process, for a signal sent with kill(2), tgkill(2) or sigqueue(3).
+    pub sender: u32,
+    /// How it was sent (`si_code`): SI_USER for kill(2), SI_QUEUE for sigqueue(3).
+    pub code: i32,
 }
 
-/// Ends lameduck with `number` as if no handler had been installed: the default action,
-/// unblocked, raised again. PID 1 ignores a signal it sends itself, so then abort(3), whose
+impl Received {
+    /// Whether lameduck raised it itself, as the kernel does for a write to a closed pipe.
+    pub fn raised_by_self(&self) -> bool {
+        self.code == libc::SI_USER && self.sender == std::process::id()
+    }
+}
+
+/// Opens the intake for the caught signals, which `take_over` has blocked.
+pub fn catch(caught: &Caught) -> io::Result<Intake> {
+    let fd = SignalFd::with_flags(&caught.0, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
+    // SAFETY: the AsyncFd owns the signalfd, so it stays open for as long as it is registered.
+    Ok(Intake(unsafe { AsyncFd::register(fd) }?))
+}
+
+impl Intake {
+    /// The next signal. A fault-like signal that no process sent with kill or sigqueue
+    /// crashes lameduck here, as it would have without the block.
+    pub async fn next(&mut self) -> io::Result<Received> {
+        loop {
+            let mut ready = self.0.readable().await?;
+            match ready.get_inner().read_signal() {
+                Ok(Some(info)) => {
+                    let received = Received {
+                        number: info.ssi_signo as i32,
+                        sender: info.ssi_pid,
+                        code: info.ssi_code,
+                    };
+                    let faulty = FAULT_LIKE.iter().any(|&s| s as i32 == received.number)
+                        && !matches!(received.code, libc::SI_USER | libc::SI_QUEUE);
+                    if faulty {
+                        crash(received.number);
+                    }
+                    return Ok(received);
+                }
+                Ok(None) => ready.clear_ready(),
+                Err(err) => return Err(err.into()),
+            }
+        }
+    }
+}
+
+/// Ends lameduck with `number` as if it did not catch it: the default action, unblocked,
+/// raised again. PID 1 ignores a signal it sends itself, so then abort(3), whose
 /// last resort (a faulting instruction) the kernel delivers even to PID 1.
-fn crash(number: i32) {
-    // SAFETY: signal, sigprocmask, raise and abort are async-signal-safe.
+fn crash(number: i32) -> ! {
+    // SAFETY: plain C library calls on a valid signal number and a local signal set.
     unsafe {
         libc::signal(number, libc::SIG_DFL);
         let mut set: libc::sigset_t = std::mem::zeroed();
@@ -323,16 +381,6 @@ mod tests {
                 let rule = format!("{}:{number}", short_name(signal)).parse::<Rewrite>();
                 proptest::prop_assert_eq!(rule, Ok(Rewrite { from: signal, to: signal }));
             }
-        }
-    }
-
-    #[test]
-    fn signal_hook_allows_every_caught_signal() {
-        for number in FORWARDED.iter().map(|&s| s as i32).chain(realtime()) {
-            assert!(
-                !signal_hook::consts::FORBIDDEN.contains(&number),
-                "{number}"
-            );
         }
     }
 

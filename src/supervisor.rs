@@ -5,11 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_core::Stream;
 use nix::sys::signal::Signal;
-use signal_hook::iterator::exfiltrator::origin::WithOrigin;
-use signal_hook::low_level::siginfo::{Cause, Origin, Sent};
-use signal_hook_tokio::SignalsInfo;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
@@ -21,7 +17,7 @@ use crate::phase::{Event, Hook};
 use crate::proxy::Proxy;
 use crate::reaper;
 use crate::settings::{DrainConfig, QuietConfig};
-use crate::signals::{self, Rewrites, short_name};
+use crate::signals::{self, Intake, Received, Rewrites, short_name};
 use crate::status::Snapshot;
 
 /// How long what the app left behind gets between SIGTERM and SIGKILL once the app has exited.
@@ -80,11 +76,7 @@ impl Target for Child {
 
 impl Supervisor {
     /// Runs until the app has exited and nothing it left is alive; returns lameduck's exit code.
-    pub async fn run(
-        mut self,
-        mut signals: SignalsInfo<WithOrigin>,
-        mut events: mpsc::Receiver<Event>,
-    ) -> i32 {
+    pub async fn run(mut self, mut signals: Intake, mut events: mpsc::Receiver<Event>) -> i32 {
         let child = Child {
             app: self.app,
             pid1: self.pid1,
@@ -106,7 +98,7 @@ impl Supervisor {
         sweep_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let code = loop {
             let event = tokio::select! {
-                origin = next_signal(&mut signals) => match self.signal_event(origin) {
+                received = signals.next() => match self.signal_event(received) {
                     // What a shutdown signal means depends on what started the drain.
                     Some(Event::Shutdown(signal, _)) => Event::Shutdown(
                         signal,
@@ -140,19 +132,25 @@ impl Supervisor {
     /// lameduck's own write raised is dropped, a real-time signal is forwarded at once (it
     /// never starts a drain, so no phase changes what happens to it), everything else is
     /// reported as received.
-    fn signal_event(&self, origin: Option<Origin>) -> Option<Event> {
-        let origin = origin?;
-        let Ok(signal) = Signal::try_from(origin.signal) else {
-            self.forward_realtime(origin.signal);
+    fn signal_event(&self, received: std::io::Result<Received>) -> Option<Event> {
+        let received = match received {
+            Ok(received) => received,
+            Err(err) => {
+                tracing::warn!(%err, "cannot read a caught signal");
+                return None;
+            }
+        };
+        let Ok(signal) = Signal::try_from(received.number) else {
+            self.forward_realtime(received.number);
             return None;
         };
         if signal == Signal::SIGCHLD {
             return reaper::sweep(self.app.pid).app_status.map(Event::AppExited);
         }
-        if signal == Signal::SIGPIPE && raised_by_self(&origin) {
+        if signal == Signal::SIGPIPE && received.raised_by_self() {
             return None;
         }
-        tracing::debug!(signal = %short_name(signal), from = ?origin.process.map(|p| p.pid), "received signal");
+        tracing::debug!(signal = %short_name(signal), from = received.sender, "received signal");
         if signals::starts_drain(signal, self.config.stop_signal) {
             Some(Event::Shutdown(signal, Hook::NotCalled))
         } else {
@@ -177,7 +175,7 @@ impl Supervisor {
 
     /// After the app has exited: SIGTERM whatever it left behind, SIGKILL it after a short
     /// grace, and reap it all, so no process of the app outlives lameduck.
-    async fn clear_leftovers(&self, signals: &mut SignalsInfo<WithOrigin>) {
+    async fn clear_leftovers(&self, signals: &mut Intake) {
         if reaper::sweep(self.app.pid).no_children {
             return;
         }
@@ -194,7 +192,7 @@ impl Supervisor {
                     return;
                 }
                 tokio::select! {
-                    _ = next_signal(signals) => {}
+                    _ = signals.next() => {}
                     () = tokio::time::sleep(Duration::from_millis(20)) => {}
                     () = tokio::time::sleep_until(deadline) => break,
                 }
@@ -202,16 +200,4 @@ impl Supervisor {
         }
         tracing::warn!("processes left behind by the app did not exit after SIGKILL");
     }
-}
-
-async fn next_signal(signals: &mut SignalsInfo<WithOrigin>) -> Option<Origin> {
-    std::future::poll_fn(|cx| std::pin::Pin::new(&mut *signals).poll_next(cx)).await
-}
-
-/// A SIGPIPE the kernel raised for lameduck's own write to a closed pipe carries lameduck's pid.
-fn raised_by_self(origin: &Origin) -> bool {
-    origin.cause == Cause::Sent(Sent::User)
-        && origin
-            .process
-            .is_some_and(|p| p.pid as u32 == std::process::id())
 }
