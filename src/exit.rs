@@ -3,7 +3,7 @@
 
 /// Exit code for a usage or configuration error of lameduck itself.
 pub const EXIT_USAGE: i32 = 2;
-/// Exit code when lameduck cannot do its own work (no runtime, no signal handlers, no copy).
+/// Exit code when lameduck cannot do its own work (no runtime, no signal intake, no copy).
 pub const EXIT_FAILED: i32 = 1;
 
 /// An error lameduck cannot go on after: the code to exit with and one line saying why.
