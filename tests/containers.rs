@@ -3,9 +3,10 @@
 //! init-container install), each with the in-pod hook `lameduck prestop` as an exec preStop
 //! hook, each deleted under load behind real HAProxy beside a backend that stays up, with not
 //! one request failing; the seed's plain nginx Deployment after `kubectl lameduck inject`, in
-//! each shape, deleted the same way; `docker stop` on the wrapper image, which must end cleanly
-//! inside its default 10s; and the scratch image itself. Needs Docker: without it these tests
-//! fail, they do not skip.
+//! each shape, deleted the same way, and in the install shape with `--proxy`, whose kept-alive
+//! client the drain proxy moves off before nginx stops; `docker stop` on the wrapper image,
+//! which must end cleanly inside its default 10s; and the scratch image itself. Needs Docker:
+//! without it these tests fail, they do not skip.
 
 mod common;
 
@@ -44,6 +45,8 @@ const STARTUP: Duration = Duration::from_secs(30);
 /// nginx's port and lameduck's (its `--listen` default), as the pod specs publish them.
 const HTTP: u16 = 80;
 const LAMEDUCK: u16 = 8099;
+/// The drain proxy's port, as `kubectl lameduck inject --proxy` declares it by default.
+const PROXY: u16 = 8098;
 
 #[test]
 fn wrapper_image_pod_is_deleted_under_load_without_failing_a_request() {
@@ -603,6 +606,20 @@ fn pod_of(name: &str, ip: Ipv4Addr, deployment: &serde_json::Value) -> (Pod, Dur
         built
     };
     let mut pod = PodSpec::new(name, ip).port(HTTP).port(LAMEDUCK);
+    // Every other port a container declares (the drain proxy's), which the pod IP serves too.
+    let mut published = vec![HTTP, LAMEDUCK];
+    let declared = ["initContainers", "containers"]
+        .iter()
+        .flat_map(|list| spec[list].as_array().into_iter().flatten())
+        .flat_map(|c| c["ports"].as_array().into_iter().flatten())
+        .filter_map(|p| p["containerPort"].as_u64());
+    for port in declared {
+        let port = u16::try_from(port).expect("a port number");
+        if !published.contains(&port) {
+            published.push(port);
+            pod = pod.port(port);
+        }
+    }
     if spec["shareProcessNamespace"] == true {
         pod = pod.share_process_namespace();
     }
@@ -682,4 +699,175 @@ fn plain_nginx_deployment_injected_in_the_sidecar_shape_is_deleted_under_load_wi
         sender.is_some_and(|pid| pid > 1),
         "the sidecar sent nginx its QUIT, not {sender:?}: {context}"
     );
+}
+
+#[test]
+fn plain_nginx_deployment_injected_with_the_proxy_in_the_install_shape_moves_a_kept_alive_client_off_before_nginx_stops()
+ {
+    let ip = Ipv4Addr::new(127, 0, 63, 14);
+    let injected = inject(
+        "install-proxy",
+        &plain_nginx_deployment(|_| {}),
+        &["--shape=install", "--proxy"],
+    );
+    let command = &injected["spec"]["template"]["spec"]["containers"][0]["command"];
+    let route = format!("--proxy=0.0.0.0:{PROXY}=127.0.0.1:{HTTP}");
+    assert!(
+        command
+            .as_array()
+            .is_some_and(|words| words.iter().any(|w| *w == *route)),
+        "the installed lameduck runs the proxy: {command}"
+    );
+    let (pod, _grace) = pod_of("inject-install-proxy", ip, &injected);
+    assert!(
+        wait_ready(
+            &[(pod.addr(LAMEDUCK), "/readyz"), (pod.addr(PROXY), "/fast")],
+            STARTUP
+        ),
+        "the pod never became ready through the proxy:\n{}",
+        pod.logs()
+    );
+    // The Service's client, its connection pinned to this pod as kube-proxy pins it.
+    let client = kept_alive_client(pod.addr(PROXY));
+    std::thread::sleep(STEADY);
+    let termination = kubelet::terminate(&pod, GRACE);
+    let (requests, ended) = client.join().expect("the client thread");
+
+    let context = format!(
+        "times in ms from the deletion: {:#?}\n{}",
+        requests
+            .iter()
+            .map(|r| (
+                r.end
+                    .saturating_duration_since(termination.began)
+                    .as_millis(),
+                &r.outcome
+            ))
+            .collect::<Vec<_>>(),
+        termination.summary()
+    );
+    let last = requests.last().expect("a request");
+    assert_eq!(
+        last.outcome,
+        Ok((200, 3, true)),
+        "the client was not told Connection: close: {context}"
+    );
+    assert!(
+        last.end > termination.began,
+        "the close came before the deletion: {context}"
+    );
+    assert_eq!(
+        ended,
+        Ok(()),
+        "the connection did not end cleanly after the close: {context}"
+    );
+    let failed: Vec<_> = requests
+        .iter()
+        .filter(|r| !matches!(r.outcome, Ok((200, 3, _))))
+        .collect();
+    assert!(failed.is_empty(), "requests failed: {context}");
+    assert!(
+        requests.iter().any(|r| r.end < termination.began),
+        "the proxy served nothing before the deletion: {context}"
+    );
+    let nginx = termination.container("nginx");
+    // The line that ends the delay early, when nothing is left on the proxy: the client left
+    // before nginx had its QUIT.
+    let drained = nginx
+        .log
+        .lines()
+        .find(|l| l.contains("the proxy moved every client off"))
+        .unwrap_or_else(|| panic!("no line says the proxy drained: {context}"));
+    assert!(
+        drained.split_whitespace().any(|w| w == "moved_off=1"),
+        "{drained}\n{context}"
+    );
+    let hook = nginx.hook.as_ref().expect("a preStop hook");
+    assert_eq!(hook.outcome, Ok(0), "{context}");
+    assert_clean_exit(nginx, &context);
+    assert_eq!(
+        quit_sender(&nginx.log),
+        Some(1),
+        "lameduck, PID 1, sent nginx QUIT: {context}"
+    );
+}
+
+/// One request of `kept_alive_client`, as it saw it.
+#[derive(Debug)]
+struct KeptAliveRequest {
+    end: Instant,
+    /// The status, the body's length and whether the answer said `Connection: close`; or why
+    /// there was no whole answer.
+    outcome: Result<(u16, usize, bool), String>,
+}
+
+/// A client that sends `GET /fast` every 20 ms on one kept-alive connection to `addr` (hyper's
+/// HTTP/1.1 client) until an answer says `Connection: close` or a request fails, at most 1,000
+/// requests and 30 s; then it leaves, as a client whose Service sends its next connection to
+/// another pod. Gives its requests, and how the connection ended: Ok when the server closed it
+/// cleanly within 3 s of the last answer.
+fn kept_alive_client(
+    addr: SocketAddr,
+) -> std::thread::JoinHandle<(Vec<KeptAliveRequest>, Result<(), String>)> {
+    use http_body_util::{BodyExt, Empty};
+    use hyper::body::Bytes;
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async move {
+            let stream = tokio::net::TcpStream::connect(addr)
+                .await
+                .expect("connect to the proxy");
+            let (mut sender, connection) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                    .await
+                    .expect("HTTP/1.1 handshake");
+            let connection = tokio::spawn(connection);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let mut requests = Vec::new();
+            while requests.len() < 1_000 && Instant::now() < deadline {
+                let outcome = async {
+                    sender.ready().await.map_err(|e| e.to_string())?;
+                    let request = hyper::Request::get("/fast")
+                        .header(hyper::header::HOST, addr.to_string())
+                        .body(Empty::<Bytes>::new())
+                        .expect("request");
+                    let response =
+                        tokio::time::timeout(Duration::from_secs(5), sender.send_request(request))
+                            .await
+                            .map_err(|_| "no answer within 5s".to_owned())?
+                            .map_err(|e| e.to_string())?;
+                    let status = response.status().as_u16();
+                    let close = response
+                        .headers()
+                        .get(hyper::header::CONNECTION)
+                        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+                    let body = response
+                        .into_body()
+                        .collect()
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    Ok((status, body.to_bytes().len(), close))
+                }
+                .await;
+                let leaves = !matches!(outcome, Ok((_, _, false)));
+                requests.push(KeptAliveRequest {
+                    end: Instant::now(),
+                    outcome,
+                });
+                if leaves {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let ended = match tokio::time::timeout(Duration::from_secs(3), connection).await {
+                Ok(Ok(closed)) => closed.map_err(|e| e.to_string()),
+                Ok(Err(panicked)) => Err(panicked.to_string()),
+                Err(_) => Err("still open 3s after the last answer".into()),
+            };
+            (requests, ended)
+        })
+    })
 }
