@@ -2,13 +2,14 @@
 # Runs every lameduck test on a fresh Debian machine: installs what the tests need when it is
 # missing (nginx, HAProxy, Apache httpd, Caddy, lighttpd, gunicorn, util-linux's unshare, Python
 # for the manifest checks), then runs the whole suite. Needs root (the tests make PID
-# namespaces), a running Docker Engine (the container tests) and a Rust toolchain 1.90+ (its
-# default linker, rust-lld, folds identical code in the static build).
+# namespaces), a running Docker Engine (the container tests) and a Rust toolchain 1.94+ (its
+# default linker, rust-lld, folds identical code in the static build, and its cargo tells the
+# tests where the binaries under test are).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if ! command -v cargo >/dev/null; then
-    echo "test.sh: cargo not found; install a Rust toolchain (1.90+) first" >&2
+    echo "test.sh: cargo not found; install a Rust toolchain (1.94+) first" >&2
     exit 1
 fi
 if ! docker info >/dev/null 2>&1; then

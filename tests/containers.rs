@@ -8,17 +8,23 @@
 //! which must end cleanly inside its default 10s; and the scratch image itself. Needs Docker:
 //! without it these tests fail, they do not skip.
 
-mod common;
-
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use common::docker::{Container, ContainerSpec, Pod, PodSpec, docker, images};
-use common::haproxy::{Haproxy, Server, free_addrs};
-use common::kubelet::{self, Termination, wait_ready};
-use common::load::{Connections, Load, Plan};
-use common::nginx::{NginxConfig, SLOW_BYTES, SLOW_RATE};
-use common::{Lameduck, Mode};
+use lameduck_test_support::binaries::{plugin, workspace};
+use lameduck_test_support::docker::{
+    Container, ContainerSpec, Pod, PodSpec, docker, images, stock_nginx_conf,
+};
+use lameduck_test_support::haproxy::{Haproxy, Server};
+use lameduck_test_support::kubelet::{self, Termination, wait_ready};
+use lameduck_test_support::kubernetes;
+use lameduck_test_support::load::Connections;
+use lameduck_test_support::network::addrs;
+use lameduck_test_support::nginx::NginxConfig;
+use lameduck_test_support::process::{Lameduck, Mode, run};
+use lameduck_test_support::scenario::{
+    SLOW, STEADY, assert_none_failed, assert_served_across, load_context, under_load,
+};
 
 /// The shutdown delay: well over HAProxy's detection time (two checks 200 ms apart).
 const DELAY: Duration = Duration::from_secs(2);
@@ -31,15 +37,10 @@ const DRAIN_FLAGS: [&str; 4] = [
     "--grace-period=10s",
     "--stop-signal=QUIT",
 ];
-/// How long one `/slow` request takes.
-const SLOW: Duration = Duration::from_millis((SLOW_BYTES * 1000 / SLOW_RATE) as u64);
 /// Room for a busy machine in the upper bounds on exit times.
 const SLACK: Duration = Duration::from_secs(3);
 /// Requests in flight at any moment.
 const WORKERS: usize = 6;
-/// Load before the pod is deleted, so it serves its share first, and after it is gone, so the
-/// other backend is seen serving alone.
-const STEADY: Duration = Duration::from_secs(1);
 /// How long a pod may take to become ready (containers starting on a busy machine).
 const STARTUP: Duration = Duration::from_secs(30);
 /// nginx's port and lameduck's (its `--listen` default), as the pod specs publish them.
@@ -156,7 +157,7 @@ fn sidecar_pod_with_stock_nginx_is_deleted_under_load_without_failing_a_request(
             // The stock image's own entrypoint; only its config comes from a ConfigMap.
             ContainerSpec::new("nginx", &images.nginx)
                 .empty_dir("nginx-run", "/run/nginx", false)
-                .config_file("/etc/nginx/nginx.conf", SIDECAR_NGINX_CONF)
+                .config_file("/etc/nginx/nginx.conf", &sidecar_nginx_conf())
                 .empty_dir("lameduck", "/shared", true)
                 .pre_stop_exec(&["/shared/lameduck", "prestop"]),
         )
@@ -295,24 +296,12 @@ fn the_scratch_image_runs_lameduck_version() {
     );
 }
 
-/// The stock nginx.conf of the sidecar shape's ConfigMap (examples/nginx-sidecar.yaml): the pid
-/// file on the shared emptyDir, and nginx's graceful stop bounded inside lameduck's drain
-/// timeout (5s).
-const SIDECAR_NGINX_CONF: &str = "user nginx;
-worker_processes 1;
-error_log /var/log/nginx/error.log notice;
-pid /run/nginx/nginx.pid;
-worker_shutdown_timeout 4s;
-events { worker_connections 1024; }
-http {
-    include /etc/nginx/mime.types;
-    default_type application/octet-stream;
-    access_log /var/log/nginx/access.log;
-    sendfile on;
-    keepalive_timeout 65;
-    include /etc/nginx/conf.d/*.conf;
+/// The stock nginx.conf as the sidecar shape's ConfigMap changes it (examples/nginx-sidecar.yaml):
+/// the pid file on the shared emptyDir, and nginx's graceful stop bounded inside lameduck's
+/// drain timeout (5s).
+fn sidecar_nginx_conf() -> String {
+    stock_nginx_conf("/run/nginx/nginx.pid", "worker_shutdown_timeout 4s;\n")
 }
-";
 
 /// lameduck at `path` running nginx, as the wrapper and init-install examples spell it out.
 fn lameduck_command(path: &str) -> Vec<&str> {
@@ -320,11 +309,6 @@ fn lameduck_command(path: &str) -> Vec<&str> {
     command.extend(DRAIN_FLAGS);
     command.extend(["--ready-check=tcp://127.0.0.1:80", "--"]);
     command
-}
-
-/// A free address for each name, on the test's own loopback address (see `free_addrs`).
-fn addrs<const N: usize>(ip: Ipv4Addr) -> [SocketAddr; N] {
-    free_addrs(ip, N).try_into().expect("N addresses")
 }
 
 /// The backend that stays up: host nginx under lameduck, as in tests/zero_downtime.rs.
@@ -339,14 +323,8 @@ struct Steady {
 impl Steady {
     fn start(test: &str, addr: SocketAddr, endpoints: SocketAddr) -> Self {
         let config = NginxConfig::new(&format!("ct-{test}-steady"), addr);
-        let args = config.under_lameduck(endpoints, &[]);
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let run = Lameduck::start(Mode::Pid1, &args);
-        assert!(
-            wait_ready(&[(endpoints, "/readyz")], STARTUP),
-            "the steady backend never became ready: {:#?}",
-            run.stderr.all()
-        );
+        let run = Lameduck::start(Mode::Pid1, &config.under_lameduck(endpoints, &[]));
+        assert_eq!(run.ready_within(STARTUP), endpoints, "the steady backend");
         Steady {
             _run: run,
             endpoints,
@@ -372,68 +350,22 @@ fn delete_under_load(test: &str, ip: Ipv4Addr, pod: &Pod, grace: Duration) -> Te
     let [steady_addr, steady_endpoints, listen] = addrs(ip);
     let steady = Steady::start(test, steady_addr, steady_endpoints);
     let servers = [
-        Server {
-            name: "pod".into(),
-            addr: pod.addr(HTTP),
-            check: pod.addr(LAMEDUCK),
-        },
-        Server {
-            name: "steady".into(),
-            addr: steady.config.addr,
-            check: steady.endpoints,
-        },
+        Server::new("pod", pod.addr(HTTP), pod.addr(LAMEDUCK)),
+        Server::new("steady", steady.config.addr, steady.endpoints),
     ];
     let haproxy = Haproxy::start(&format!("ct-{test}"), listen, "/readyz", &servers);
-    assert!(
-        haproxy.wait_for(&[("pod", "UP"), ("steady", "UP")], STARTUP),
-        "{:?}\n{}",
-        haproxy.states(),
-        haproxy.log_tail(40)
-    );
+    haproxy.expect_all_up(STARTUP);
 
-    let load = Load::start(Plan {
-        target: haproxy.addr,
-        path: "/slow".into(),
-        body_len: SLOW_BYTES,
-        workers: WORKERS,
-        connections: Connections::PerRequest,
-        max_duration: Duration::from_secs(60),
-        max_requests: 10_000,
+    let (report, termination) = under_load(haproxy.addr, WORKERS, Connections::PerRequest, || {
+        kubelet::terminate(pod, grace)
     });
-    std::thread::sleep(STEADY);
-    let termination = kubelet::terminate(pod, grace);
-    std::thread::sleep(STEADY);
-    let report = load.stop();
 
     let context = || {
-        format!(
-            "times in ms from the deletion\n{}\nhaproxy log:\n{}\n{}",
-            report.summary(termination.began),
-            haproxy.log_tail(40),
-            termination.summary()
-        )
+        let load = load_context(&report, termination.began, "the deletion", &haproxy);
+        format!("{load}\n{}", termination.summary())
     };
-    assert!(
-        report.failures().is_empty(),
-        "requests failed: {}",
-        context()
-    );
-    assert!(
-        report
-            .records
-            .iter()
-            .any(|r| r.served_by("pod") && r.end < termination.began),
-        "the pod served nothing before its deletion, so the drain proves nothing: {}",
-        context()
-    );
-    assert!(
-        report
-            .in_flight_at(termination.began)
-            .iter()
-            .any(|r| r.served_by("pod")),
-        "the pod had no request in flight when its deletion began: {}",
-        context()
-    );
+    assert_none_failed(&report, &context);
+    assert_served_across(&report, "pod", termination.began, &context);
     let gone = termination
         .containers
         .iter()
@@ -441,10 +373,7 @@ fn delete_under_load(test: &str, ip: Ipv4Addr, pod: &Pod, grace: Duration) -> Te
         .max()
         .expect("a container");
     assert!(
-        report
-            .records
-            .iter()
-            .any(|r| r.served_by("steady") && r.start > gone),
+        report.served_after("steady", gone),
         "the steady backend served nothing after the pod was gone: {}",
         context()
     );
@@ -500,24 +429,8 @@ fn quit_sender(log: &str) -> Option<u32> {
 /// The seed's plain two-replica nginx Deployment (tests/manifests/inject/nginx-plain.yaml) as
 /// JSON, read with PyYAML, changed by `edit` before inject sees it.
 fn plain_nginx_deployment(edit: impl FnOnce(&mut serde_json::Value)) -> serde_json::Value {
-    let file = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/manifests/inject/nginx-plain.yaml"
-    );
-    let out = std::process::Command::new("python3")
-        .args([
-            "-c",
-            "import json, sys, yaml; print(json.dumps(next(yaml.safe_load_all(open(sys.argv[1])))))",
-            file,
-        ])
-        .output()
-        .expect("python3");
-    assert!(
-        out.status.success(),
-        "PyYAML: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mut deployment: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let file = workspace().join("tests/manifests/inject/nginx-plain.yaml");
+    let mut deployment = kubernetes::objects(&file).remove(0);
     assert_eq!(deployment["kind"], "Deployment");
     assert_eq!(deployment["spec"]["replicas"], 2);
     edit(&mut deployment);
@@ -531,20 +444,14 @@ fn inject(test: &str, manifest: &serde_json::Value, flags: &[&str]) -> serde_jso
     std::fs::create_dir_all(&dir).expect("a directory");
     let file = dir.join(format!("{test}.json"));
     std::fs::write(&file, manifest.to_string()).expect("the manifest");
-    let plugin =
-        std::path::Path::new(env!("CARGO_BIN_EXE_lameduck")).with_file_name("kubectl-lameduck");
-    let out = std::process::Command::new(plugin)
+    let mut command = std::process::Command::new(plugin());
+    command
         .args(["inject", "--shutdown-delay=2s", "--drain-timeout=5s"])
         .args(flags)
-        .arg(&file)
-        .output()
-        .expect("kubectl-lameduck (run the tests with `cargo test --workspace`)");
-    assert!(
-        out.status.success(),
-        "inject: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("inject prints JSON for JSON")
+        .arg(&file);
+    let ran = run(&mut command, b"", Duration::from_secs(60));
+    assert!(ran.ok(), "{}", ran.describe());
+    serde_json::from_str(&ran.stdout).expect("inject prints JSON for JSON")
 }
 
 /// The pod an injected Deployment runs, built as the kubelet builds it from the template:

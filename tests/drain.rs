@@ -4,14 +4,15 @@
 //! read by what started the drain: after a broken hook it leaves the delay alone, with the hook
 //! still held it sends the stop signal at once, in a drain a signal started it skips the delay.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
 use std::io::Write;
 use std::net::TcpStream;
 
-use common::{Lameduck, Mode, fixture, get, http, prestop_exec, process_state, wait_until};
+use lameduck_test_support::binaries::{fixture, lameduck};
+use lameduck_test_support::both_modes;
+use lameduck_test_support::http::{get, http};
+use lameduck_test_support::process::{Lameduck, Mode, prestop_exec, process_state, wait_until};
 use nix::sys::signal::Signal;
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -351,7 +352,7 @@ fn unknown_paths_are_404_and_wrong_methods_405() {
 
 #[test]
 fn a_grace_period_too_short_for_the_delay_is_a_usage_error() {
-    let output = std::process::Command::new(common::lameduck())
+    let output = std::process::Command::new(lameduck())
         .args([
             "--shutdown-delay",
             "10s",

@@ -1,12 +1,11 @@
 //! lameduck exits with the app's status: its code, 128+N for a death by signal N, 127 for a
 //! command that is not found, 126 for one that cannot be executed, 2 for its own usage errors.
 
-mod common;
-
+use lameduck_test_support::binaries::{fixture, lameduck};
+use lameduck_test_support::both_modes;
+use lameduck_test_support::process::{Lameduck, Mode};
 use std::process::Command;
 use std::time::Duration;
-
-use common::{Lameduck, Mode, fixture, lameduck};
 
 fn exit_code_of(mode: Mode, args: &[&str]) -> (i32, Lameduck) {
     let mut run = Lameduck::start(mode, args);

@@ -2,16 +2,15 @@
 //! that slow or abusive clients cannot stall, no privileges needed, survival of a closed log
 //! pipe and of signal storms, and impossible settings refused before the app starts.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Lameduck, Mode, fixture, get, http_with, wait_until};
+use lameduck_test_support::binaries::{fixture, lameduck};
+use lameduck_test_support::http::{get, http_with};
+use lameduck_test_support::process::{Lameduck, Lines, Mode, pid1_of, prestop_exec, wait_until};
 use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 
 const SECOND: Duration = Duration::from_secs(1);
 
@@ -119,7 +118,7 @@ fn the_hook_socket_answers_only_inside_its_network_namespace() {
     // The pod: lameduck in a network namespace of its own (0.0.0.0 there is its own, down lo).
     let mut pod = Command::new("unshare")
         .args(["--net", "--pid", "--fork", "--mount-proc", "--kill-child"])
-        .arg(common::lameduck())
+        .arg(lameduck())
         .args(["--listen", "0.0.0.0:0", "--prestop-socket", &socket])
         .args(["--shutdown-delay", "300ms", "--", &fixture, "signals"])
         .stdin(Stdio::null())
@@ -127,19 +126,13 @@ fn the_hook_socket_answers_only_inside_its_network_namespace() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start unshare");
-    let log = common::Lines::follow_stream(pod.stderr.take().expect("stderr"));
+    let log = Lines::follow_stream(pod.stderr.take().expect("stderr"));
     let mut pod = Killed(pod);
-    let outer = Pid::from_raw(i32::try_from(pod.0.id()).expect("pid"));
-    let mut inner = None;
-    assert!(wait_until(5 * SECOND, || {
-        inner = common::first_child(outer);
-        inner.is_some()
-    }));
-    let lameduck = inner.expect("lameduck's pid");
+    let pid = pid1_of(&mut pod.0).expect("lameduck's pid");
     let listed = format!("@{socket}");
     assert!(
         wait_until(10 * SECOND, || {
-            std::fs::read_to_string(format!("/proc/{lameduck}/net/unix"))
+            std::fs::read_to_string(format!("/proc/{pid}/net/unix"))
                 .is_ok_and(|table| table.contains(&listed))
         }),
         "the hook socket never listened: {:#?}",
@@ -148,7 +141,7 @@ fn the_hook_socket_answers_only_inside_its_network_namespace() {
     let host_table = std::fs::read_to_string("/proc/self/net/unix").expect("/proc/self/net/unix");
     assert!(!host_table.contains(&listed), "the socket is seen outside");
 
-    let (outside, _) = common::prestop_exec(&socket);
+    let (outside, _) = prestop_exec(&socket);
     let said = String::from_utf8_lossy(&outside.stderr);
     assert_eq!(outside.status.code(), Some(1), "{said}");
     assert!(said.contains("no answer from lameduck"), "{said}");
@@ -161,8 +154,8 @@ fn the_hook_socket_answers_only_inside_its_network_namespace() {
     );
 
     let inside = Command::new("nsenter")
-        .arg(format!("--net=/proc/{lameduck}/ns/net"))
-        .arg(common::lameduck())
+        .arg(format!("--net=/proc/{pid}/ns/net"))
+        .arg(lameduck())
         .args(["prestop", "--prestop-socket", &socket])
         .stdin(Stdio::null())
         .output()
@@ -280,7 +273,7 @@ fn quantile(sorted: &[Duration], q: f64) -> Duration {
 
 #[test]
 fn ten_thousand_connections_during_a_held_hook_neither_break_it_nor_keep_probes_out() {
-    use common::kubelet::http_get;
+    use lameduck_test_support::kubelet::http_get;
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     const HOSTILE: usize = 10_000;
     const DELAY: Duration = Duration::from_secs(6);
@@ -313,7 +306,7 @@ fn ten_thousand_connections_during_a_held_hook_neither_break_it_nor_keep_probes_
             String::from_utf8_lossy(&answer[..read]).into_owned(),
         )
     });
-    let exec_hook = std::thread::spawn(move || common::prestop_exec(&socket));
+    let exec_hook = std::thread::spawn(move || prestop_exec(&socket));
     assert!(wait_until(5 * SECOND, || get(addr, "/readyz").0 == 503));
 
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -493,7 +486,7 @@ fn a_log_reader_that_stops_reading_does_not_stall_the_drain() {
 /// (debug), the app echoing its signals, and the stop signal sent at once.
 fn debug_logging_app() -> std::process::Child {
     let fixture = fixture();
-    Command::new(common::lameduck())
+    Command::new(lameduck())
         .args([
             "--listen",
             "127.0.0.1:0",
@@ -550,7 +543,7 @@ fn a_signal_storm_still_drains_exactly_once() {
 
 #[test]
 fn a_min_delay_above_the_shutdown_delay_is_refused_before_the_app_starts() {
-    let output = Command::new(common::lameduck())
+    let output = Command::new(lameduck())
         .args([
             "--quiet-period",
             "1s",

@@ -1,13 +1,14 @@
 //! What lameduck's parent passes on: a blocked signal mask must not silence the drain, and the
 //! signals the parent ignored stay ignored for the app, as after a plain exec.
 
-mod common;
-
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Lameduck, Mode, fixture, get, wait_until};
+use lameduck_test_support::binaries::fixture;
+use lameduck_test_support::both_modes;
+use lameduck_test_support::http::get;
+use lameduck_test_support::process::{Lameduck, Mode, wait_until};
 use nix::sys::signal::{self, SigHandler, SigSet, SigmaskHow, Signal};
 
 /// Makes lameduck's parent block `blocked` and ignore `ignored` before exec, as a runtime or a

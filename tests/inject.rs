@@ -10,23 +10,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 
+use lameduck_test_support::binaries::plugin;
+use lameduck_test_support::kubernetes::{self, NEWEST, OLDEST_WITH_NATIVE_SIDECARS, objects};
 use serde_json::Value;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 const TMP: &str = env!("CARGO_TARGET_TMPDIR");
-/// Pinned as in tests/manifests.rs, so the schemas do not move under the tests.
-const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
-
-/// The plugin, built beside lameduck by `cargo test --workspace`.
-fn plugin() -> PathBuf {
-    let path = Path::new(env!("CARGO_BIN_EXE_lameduck")).with_file_name("kubectl-lameduck");
-    assert!(
-        path.exists(),
-        "{} is missing: run the tests with `cargo test --workspace`",
-        path.display()
-    );
-    path
-}
 
 fn plugin_run(args: &[&str]) -> Output {
     Command::new(plugin())
@@ -73,68 +62,6 @@ fn injected() -> &'static [(PathBuf, PathBuf)] {
             })
             .collect()
     })
-}
-
-/// The objects of a file as PyYAML reads it (JSON streams too), Lists expanded.
-fn objects(file: &Path) -> Vec<Value> {
-    const SCRIPT: &str = r#"
-import json, sys, yaml
-text = open(sys.argv[1]).read()
-if text.lstrip().startswith(('{', '[')):
-    decoder, docs, at = json.JSONDecoder(), [], 0
-    while text[at:].strip():
-        at += len(text[at:]) - len(text[at:].lstrip())
-        doc, at = decoder.raw_decode(text, at)
-        docs.append(doc)
-else:
-    # Kubernetes reads timestamps as strings, as this loader does.
-    class Loader(yaml.SafeLoader):
-        pass
-    Loader.yaml_implicit_resolvers = {
-        k: [(tag, rx) for tag, rx in v if tag != 'tag:yaml.org,2002:timestamp']
-        for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
-    }
-    docs = [d for d in yaml.load_all(text, Loader=Loader) if d is not None]
-out = []
-for d in docs:
-    out.extend(d.get('items') or [] if d.get('kind') == 'List' else [d])
-print(json.dumps(out))
-"#;
-    let out = Command::new("python3")
-        .args(["-c", SCRIPT, file.to_str().unwrap()])
-        .output()
-        .expect("python3");
-    assert!(
-        out.status.success(),
-        "PyYAML cannot read {}: {}",
-        file.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("JSON from python")
-}
-
-/// kubernetes-validate (and PyYAML, which it brings), installed once when missing.
-fn python_tools() {
-    static READY: OnceLock<()> = OnceLock::new();
-    READY.get_or_init(|| {
-        let have = |_: ()| {
-            Command::new("python3")
-                .args(["-c", "import yaml, kubernetes_validate"])
-                .output()
-                .is_ok_and(|o| o.status.success())
-        };
-        if have(()) {
-            return;
-        }
-        let pip = Command::new("python3")
-            .args(["-m", "pip", "install", "--quiet", KUBERNETES_VALIDATE])
-            .status()
-            .expect("pip");
-        assert!(
-            pip.success() && have(()),
-            "cannot install {KUBERNETES_VALIDATE}"
-        );
-    });
 }
 
 fn is_workload(object: &Value) -> bool {
@@ -262,7 +189,6 @@ fn the_corpus_holds_at_least_30_manifests_of_every_kind_and_format() {
 }
 
 fn assert_valid_for(kubernetes: &str) {
-    python_tools();
     let dir = Path::new(TMP).join(format!("inject-validate-{kubernetes}"));
     std::fs::create_dir_all(&dir).unwrap();
     let mut files = Vec::new();
@@ -271,36 +197,23 @@ fn assert_valid_for(kubernetes: &str) {
         let docs: Vec<String> = objects(result).iter().map(Value::to_string).collect();
         let file = dir.join(format!("{}.yaml", name(source)));
         std::fs::write(&file, docs.join("\n---\n")).unwrap();
-        files.push(file.to_str().unwrap().to_owned());
+        files.push(file);
     }
-    let out = Command::new("python3")
-        .args([
-            "-m",
-            "kubernetes_validate",
-            "--strict",
-            "--kubernetes-version",
-            kubernetes,
-        ])
-        .args(&files)
-        .output()
-        .expect("kubernetes-validate");
-    let report =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "kubernetes-validate {kubernetes}:\n{report}"
-    );
-    assert!(!report.contains("ERROR"), "{report}");
+    let files: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
+    let ran = kubernetes::validate(&files, kubernetes);
+    assert!(ran.ok(), "{}", ran.describe());
+    assert!(!ran.stdout.contains("ERROR"), "{}", ran.describe());
+    assert!(!ran.stderr.contains("ERROR"), "{}", ran.describe());
 }
 
 #[test]
 fn every_injected_manifest_passes_strict_schema_validation_for_kubernetes_1_37() {
-    assert_valid_for("1.37.0");
+    assert_valid_for(NEWEST);
 }
 
 #[test]
 fn every_injected_manifest_is_valid_for_kubernetes_1_29() {
-    assert_valid_for("1.29.0");
+    assert_valid_for(OLDEST_WITH_NATIVE_SIDECARS);
 }
 
 #[test]

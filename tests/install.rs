@@ -1,13 +1,10 @@
 //! `lameduck install DIR`, the init-container mode: an atomic copy of the running binary into
 //! a shared volume, and the static build that copy must be to run in any image.
 
-mod common;
-
+use lameduck_test_support::binaries::{lameduck, static_build};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-
-use common::lameduck;
 
 fn temp_dir(label: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("lameduck-install-{label}-{}", std::process::id()));
@@ -106,7 +103,7 @@ fn a_read_only_dir_is_a_one_line_error() {
 
 #[test]
 fn the_static_binary_runs_in_an_empty_root() {
-    let (lameduck, fixture) = common::static_build();
+    let (lameduck, fixture) = static_build();
     let root = temp_dir("empty-root");
     // The init container's job: the static binary installs itself into the shared volume.
     assert_eq!(install(&lameduck, &root).status.code(), Some(0));

@@ -7,15 +7,15 @@
 //! health-checks `/readyz`, and one that takes the pod out a fixed time after the drain began,
 //! whatever readiness says, as kube-proxy does when the endpoint turns not ready.
 
-mod common;
-
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use common::haproxy::{Haproxy, Server, free_addrs};
-use common::load::{Connections, Load, Plan, Report};
-use common::nginx::{NginxConfig, SLOW_BYTES};
-use common::{Lameduck, Mode, get, wait_until};
+use lameduck_test_support::haproxy::{Haproxy, Server};
+use lameduck_test_support::load::{Connections, Report};
+use lameduck_test_support::network::addrs;
+use lameduck_test_support::nginx::NginxConfig;
+use lameduck_test_support::process::{Lameduck, Mode, log_field};
+use lameduck_test_support::scenario::under_load;
 use nix::sys::signal::Signal;
 
 /// The upper bound on the delay; with the proxy the drain ends long before it.
@@ -26,8 +26,6 @@ const TAKEN_OUT_AFTER: Duration = Duration::from_millis(500);
 /// Keep-alive clients that reuse their connection at once, as `wrk -c16` (see
 /// `Connections::KeepAliveUnchecked`), each sending `/slow` requests of about 400 ms back to back.
 const WORKERS: usize = 16;
-/// Load before the drain and after the drained pod has exited.
-const STEADY: Duration = Duration::from_secs(1);
 /// Room for a busy machine.
 const SLACK: Duration = Duration::from_secs(4);
 
@@ -50,29 +48,16 @@ struct Pod {
 
 impl Pod {
     fn start(test: &str, name: &str, ip: Ipv4Addr, proxied: bool) -> Self {
-        let [nginx, endpoints, proxy] = free_addrs(ip, 3).try_into().expect("3 addresses");
+        let [nginx, endpoints, proxy] = addrs(ip);
         let config = NginxConfig::behind_l4(&format!("ka-{test}-{name}"), nginx, name);
         let proxy_flag = format!("{proxy}={nginx}");
         let mut drain = vec!["--shutdown-delay", DELAY_FLAG];
         if proxied {
             drain.extend(["--proxy", &proxy_flag]);
         }
-        let args = config.under_lameduck(endpoints, &drain);
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let run = Lameduck::start(Mode::Pid1, &args);
-        // The listening line comes once the endpoints accept connections.
-        assert_eq!(run.addr(), endpoints);
-        assert!(
-            wait_until(Duration::from_secs(10), || get(endpoints, "/readyz").0
-                == 200),
-            "{name} never became ready: {:#?}",
-            run.stderr.all()
-        );
-        let server = Server {
-            name: name.into(),
-            addr: if proxied { proxy } else { nginx },
-            check: endpoints,
-        };
+        let run = Lameduck::start(Mode::Pid1, &config.under_lameduck(endpoints, &drain));
+        assert_eq!(run.ready_addr(), endpoints, "{name}'s endpoints");
+        let server = Server::new(name, if proxied { proxy } else { nginx }, endpoints);
         Pod {
             run,
             server,
@@ -106,37 +91,23 @@ impl Run {
 fn drain_behind_l4(test: &str, ip: Ipv4Addr, balancer: Balancer, proxied: bool) -> Run {
     let mut b1 = Pod::start(test, "b1", ip, proxied);
     let b2 = Pod::start(test, "b2", ip, proxied);
-    let [listen] = free_addrs(ip, 1).try_into().expect("1 address");
+    let [listen] = addrs(ip);
     let check = (balancer == Balancer::HealthChecked).then_some("/readyz");
     let haproxy = Haproxy::start_tcp(test, listen, check, &[b1.server.clone(), b2.server.clone()]);
     if check.is_some() {
-        assert!(
-            haproxy.wait_for(&[("b1", "UP"), ("b2", "UP")], Duration::from_secs(10)),
-            "{:?}\n{}",
-            haproxy.states(),
-            haproxy.log()
-        );
+        haproxy.expect_all_up(Duration::from_secs(10));
     }
-    let load = Load::start(Plan {
-        target: haproxy.addr,
-        path: "/slow".into(),
-        body_len: SLOW_BYTES,
-        workers: WORKERS,
-        connections: Connections::KeepAliveUnchecked,
-        max_duration: Duration::from_secs(60),
-        max_requests: 10_000,
+    let connections = Connections::KeepAliveUnchecked;
+    let (report, (began, exit_code, took)) = under_load(haproxy.addr, WORKERS, connections, || {
+        let began = Instant::now();
+        b1.run.signal(Signal::SIGTERM);
+        if balancer == Balancer::KubeProxyLike {
+            std::thread::sleep(TAKEN_OUT_AFTER);
+            haproxy.take_out("b1");
+        }
+        let exit_code = b1.run.wait_exit(DELAY + SLACK);
+        (began, exit_code, began.elapsed())
     });
-    std::thread::sleep(STEADY);
-    let began = Instant::now();
-    b1.run.signal(Signal::SIGTERM);
-    if balancer == Balancer::KubeProxyLike {
-        std::thread::sleep(TAKEN_OUT_AFTER);
-        haproxy.take_out("b1");
-    }
-    let exit_code = b1.run.wait_exit(DELAY + SLACK);
-    let took = began.elapsed();
-    std::thread::sleep(STEADY);
-    let report = load.stop();
     drop(b2);
     Run {
         report,
@@ -167,10 +138,7 @@ fn assert_moved_off_without_a_failure(run: &Run) {
         context()
     );
     assert!(
-        run.report
-            .records
-            .iter()
-            .any(|r| r.served_by("b2") && r.start > run.began + run.took),
+        run.report.served_after("b2", run.began + run.took),
         "b2 served nothing after b1 left: {}",
         context()
     );
@@ -179,7 +147,7 @@ fn assert_moved_off_without_a_failure(run: &Run) {
         .iter()
         .find(|l| l.contains("the proxy moved every client off"))
         .unwrap_or_else(|| panic!("no line says the proxy drained: {}", context()));
-    let moved_off: u64 = field(line, "moved_off=");
+    let moved_off = log_field(line, "moved_off");
     assert!(moved_off > 0, "no connection was moved off: {line}");
     assert!(
         run.took < DELAY,
@@ -197,12 +165,6 @@ fn assert_some_failed(run: &Run) {
         "no request failed without the proxy, so the harness cannot show what the proxy fixes: {}",
         run.context()
     );
-}
-
-fn field(line: &str, name: &str) -> u64 {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(name)?.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in {line:?}"))
 }
 
 #[test]

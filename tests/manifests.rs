@@ -5,211 +5,52 @@
 //! add up to a drain that fits inside the pod's grace period.
 //!
 //! Needs python3 with pip. The first test that needs them installs kubernetes-validate (pinned
-//! below; it brings PyYAML, which the tests also use to read the YAML) when it is missing.
+//! in the test support crate's `kubernetes`; it brings PyYAML, which the tests also use to read
+//! the YAML) when it is missing.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use lameduck::cli::{self, Cli, DrainArgs, SidecarArgs};
 use lameduck::settings::GRACE_MARGIN;
 use lameduck::signals::{SignalArg, starts_drain};
+use lameduck_test_support::binaries::lameduck as lameduck_binary;
+use lameduck_test_support::kubernetes::{self, NEWEST, OLDEST_WITH_NATIVE_SIDECARS};
+use lameduck_test_support::process::{Ran, run};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
-const LAMEDUCK: &str = env!("CARGO_BIN_EXE_lameduck");
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 const TMP: &str = env!("CARGO_TARGET_TMPDIR");
 
-/// Pinned, so the schemas the examples are checked against do not move under them.
-const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
-const KUBERNETES_VALIDATE_VERSION: [u64; 3] = [1, 37, 0];
-/// The newest Kubernetes release kubernetes-validate 1.37.0 has schemas for.
-const KUBERNETES_VERSION: &str = "1.37.0";
-/// The oldest release with native sidecars (`restartPolicy: Always` init containers) on by default.
-const OLDEST_KUBERNETES_VERSION: &str = "1.29.0";
-
-// ---------------------------------------------------------------------------------------------
-// Running programs
-// ---------------------------------------------------------------------------------------------
-
-/// What a finished program left: its exit code (None when killed or never started) and output.
-struct Ran {
-    what: String,
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl Ran {
-    fn ok(&self) -> bool {
-        self.code == Some(0)
-    }
-
-    fn describe(&self) -> String {
-        format!(
-            "`{}` exited {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-            self.what, self.code, self.stdout, self.stderr
-        )
-    }
-}
-
-/// Runs `program` to its end, at most `timeout`; its environment less every `LAMEDUCK_*`
-/// variable, plus `env`.
-fn run(program: &str, args: &[String], env: &[(String, String)], timeout: Duration) -> Ran {
-    let what = std::iter::once(program.to_owned())
-        .chain(args.iter().map(|a| format!("{a:?}")))
-        .collect::<Vec<_>>()
-        .join(" ");
-    let mut command = Command::new(program);
-    command
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+/// Runs the real lameduck with its endpoints on a free loopback port (unless `args` say
+/// otherwise), so nothing binds 8099 or a public address; its environment less every
+/// `LAMEDUCK_*` variable, plus `env`.
+fn lameduck(args: &[String], env: &[(String, String)]) -> Ran {
+    let mut command = Command::new(lameduck_binary());
+    command.args(args);
     for (name, _) in std::env::vars_os() {
         if name.to_string_lossy().starts_with("LAMEDUCK_") {
             command.env_remove(name);
         }
     }
-    command.envs(env.iter().map(|(k, v)| (k, v)));
-    let mut child = match command.spawn() {
-        Ok(child) => child,
-        Err(err) => {
-            return Ran {
-                what,
-                code: None,
-                stdout: String::new(),
-                stderr: format!("cannot start {program}: {err}"),
-            };
-        }
-    };
-    let drain = |mut pipe: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = pipe.read_to_string(&mut text);
-            text
-        })
-    };
-    let out = drain(Box::new(child.stdout.take().expect("stdout is piped")));
-    let err = drain(Box::new(child.stderr.take().expect("stderr is piped")));
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("waiting for a child") {
-            break Some(status);
-        }
-        if started.elapsed() > timeout {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let mut stderr = err.join().unwrap_or_default();
-    if status.is_none() {
-        stderr.push_str(&format!("\n(killed by the test after {timeout:?})"));
-    }
-    Ran {
-        what,
-        code: status.and_then(|s| s.code()),
-        stdout: out.join().unwrap_or_default(),
-        stderr,
-    }
-}
-
-/// Runs the real lameduck with its endpoints on a free loopback port (unless `args` say
-/// otherwise), so nothing binds 8099 or a public address.
-fn lameduck(args: &[String], env: &[(String, String)]) -> Ran {
-    let mut env = env.to_vec();
-    env.retain(|(k, _)| k != "LAMEDUCK_LISTEN");
-    env.push(("LAMEDUCK_LISTEN".into(), "127.0.0.1:0".into()));
-    run(LAMEDUCK, args, &env, Duration::from_secs(30))
+    command
+        .envs(
+            env.iter()
+                .filter(|(k, _)| k != "LAMEDUCK_LISTEN")
+                .map(|(k, v)| (k, v)),
+        )
+        .env("LAMEDUCK_LISTEN", "127.0.0.1:0");
+    run(&mut command, b"", Duration::from_secs(30))
 }
 
 fn strings(items: &[&str]) -> Vec<String> {
     items.iter().map(|s| (*s).to_owned()).collect()
-}
-
-// ---------------------------------------------------------------------------------------------
-// kubernetes-validate and PyYAML
-// ---------------------------------------------------------------------------------------------
-
-fn python(args: &[&str], timeout: Duration) -> Ran {
-    run("python3", &strings(args), &[], timeout)
-}
-
-/// The installed kubernetes-validate's version, when it and PyYAML import.
-fn kubernetes_validate_version() -> Option<[u64; 3]> {
-    let ran = python(
-        &[
-            "-c",
-            "import yaml, kubernetes_validate.version as v; print(v.__version__)",
-        ],
-        Duration::from_secs(60),
-    );
-    if !ran.ok() {
-        return None;
-    }
-    let mut parts = ran.stdout.trim().split('.').map(|p| p.parse::<u64>().ok());
-    Some([
-        parts.next()??,
-        parts.next()??,
-        parts.next().flatten().unwrap_or(0),
-    ])
-}
-
-/// Installs kubernetes-validate once per test run when it is missing or older than the pin.
-fn python_tools() {
-    static READY: OnceLock<()> = OnceLock::new();
-    READY.get_or_init(|| {
-        if kubernetes_validate_version().is_some_and(|v| v >= KUBERNETES_VALIDATE_VERSION) {
-            return;
-        }
-        let ran = python(
-            &[
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                KUBERNETES_VALIDATE,
-            ],
-            Duration::from_secs(600),
-        );
-        assert!(
-            ran.ok(),
-            "installing {KUBERNETES_VALIDATE} failed; install it by hand \
-             (python3 -m pip install {KUBERNETES_VALIDATE})\n{}",
-            ran.describe()
-        );
-        let version = kubernetes_validate_version();
-        assert!(
-            version.is_some_and(|v| v >= KUBERNETES_VALIDATE_VERSION),
-            "python3 still cannot import kubernetes_validate >= {KUBERNETES_VALIDATE_VERSION:?} \
-             and yaml after installing {KUBERNETES_VALIDATE} (found {version:?})"
-        );
-    });
-}
-
-/// Runs `kubernetes-validate --strict` for one Kubernetes version on one file.
-fn kubernetes_validate(file: &Path, kubernetes: &str) -> Ran {
-    python_tools();
-    python(
-        &[
-            "-m",
-            "kubernetes_validate",
-            "--strict",
-            "--kubernetes-version",
-            kubernetes,
-            file.to_str().expect("a UTF-8 path"),
-        ],
-        Duration::from_secs(120),
-    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -259,27 +100,11 @@ fn assert_validated(ran: &Ran) {
 fn manifests() -> &'static [Manifest] {
     static MANIFESTS: OnceLock<Vec<Manifest>> = OnceLock::new();
     MANIFESTS.get_or_init(|| {
-        python_tools();
         example_files()
             .iter()
-            .map(|path| {
-                let ran = python(
-                    &[
-                        "-c",
-                        "import json, sys, yaml\n\
-                         docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d is not None]\n\
-                         json.dump(docs, sys.stdout)",
-                        path.to_str().expect("a UTF-8 path"),
-                    ],
-                    Duration::from_secs(60),
-                );
-                assert!(ran.ok(), "cannot read YAML\n{}", ran.describe());
-                let docs: Vec<Value> = serde_json::from_str(&ran.stdout)
-                    .unwrap_or_else(|err| panic!("PyYAML's JSON does not parse: {err}"));
-                Manifest {
-                    file: path.file_name().unwrap().to_string_lossy().into_owned(),
-                    docs,
-                }
+            .map(|path| Manifest {
+                file: path.file_name().unwrap().to_string_lossy().into_owned(),
+                docs: kubernetes::objects(path),
             })
             .collect()
     })
@@ -777,14 +602,14 @@ fn wrapper_dockerfiles() -> Vec<Dockerfile> {
 #[test]
 fn every_example_manifest_passes_strict_schema_validation_for_kubernetes_1_37() {
     for file in example_files() {
-        assert_validated(&kubernetes_validate(&file, KUBERNETES_VERSION));
+        assert_validated(&kubernetes::validate(&[&file], NEWEST));
     }
 }
 
 #[test]
 fn every_example_manifest_is_valid_for_kubernetes_1_29_where_native_sidecars_are_on_by_default() {
     for file in example_files() {
-        assert_validated(&kubernetes_validate(&file, OLDEST_KUBERNETES_VERSION));
+        assert_validated(&kubernetes::validate(&[&file], OLDEST_WITH_NATIVE_SIDECARS));
     }
 }
 
@@ -1335,7 +1160,8 @@ fn lameduck_image_is_built_from_the_static_binary_cargo_writes() {
     assert_eq!(copies.len(), 1, "images/Dockerfile: one COPY, the binary");
     let (from, sources, _) = &copies[0];
     assert!(from.is_none());
-    let binary = Path::new(LAMEDUCK).file_name().unwrap().to_str().unwrap();
+    let binary = lameduck_binary();
+    let binary = binary.file_name().unwrap().to_str().unwrap();
     assert_eq!(
         sources,
         &vec![binary.to_owned()],

@@ -2,12 +2,12 @@
 //! parser accepts, /status with the drain's progress, and one structured log line per phase
 //! change in both log formats.
 
-mod common;
-
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Lameduck, Mode, fixture, get, wait_until};
+use lameduck_test_support::binaries::fixture;
+use lameduck_test_support::http::get;
+use lameduck_test_support::process::{Lameduck, Mode, wait_until};
 use nix::sys::signal::Signal;
 
 const SECOND: Duration = Duration::from_secs(1);

@@ -4,15 +4,16 @@
 //! large download pass byte for byte; an app that is down gives a 502 and one log line; and in
 //! the sidecar shape the proxy closes kept-alive connections on `/prestop` and ends the delay.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::haproxy::free_addrs;
-use common::nginx::{NginxConfig, SLOW_BYTES};
-use common::{Lameduck, Mode, fixture, wait_until};
+use lameduck_test_support::binaries::fixture;
+use lameduck_test_support::http::get;
+use lameduck_test_support::network::free_addrs;
+use lameduck_test_support::nginx::NginxConfig;
+use lameduck_test_support::process::{Lameduck, Mode, wait_until};
+use lameduck_test_support::scenario::SLOW_BYTES;
 use nix::sys::signal::Signal;
 
 /// The upper bound on the delay; the proxy ends it as soon as its clients have left.
@@ -245,7 +246,7 @@ fn a_large_upload_and_download_pass_through_the_proxy_byte_for_byte() {
     );
     let (status, _) = exchange(proxy, &put, &payload);
     assert_eq!(status, 201, "upload");
-    let stored = std::fs::read(config.dir.join("html/put/big")).expect("stored upload");
+    let stored = std::fs::read(config.dir.path().join("html/put/big")).expect("stored upload");
     assert!(stored == payload, "the upload reached nginx changed");
     let get = format!("GET /put/big HTTP/1.1\r\nHost: {proxy}\r\nConnection: close\r\n\r\n");
     let (status, body) = exchange(proxy, &get, &[]);
@@ -309,7 +310,7 @@ fn the_sidecar_proxy_closes_kept_alive_connections_in_the_drain_and_ends_it_earl
     let [nginx_addr, proxy] = free_addrs(Ipv4Addr::new(127, 0, 63, 5), 2)
         .try_into()
         .expect("2 addresses");
-    let _nginx = common::nginx::Nginx::start("proxy-sidecar", nginx_addr);
+    let _nginx = lameduck_test_support::nginx::Nginx::start("proxy-sidecar", nginx_addr);
     let route = format!("{proxy}={nginx_addr}");
     let mut run = Lameduck::start(
         Mode::Pid1,
@@ -334,7 +335,7 @@ fn the_sidecar_proxy_closes_kept_alive_connections_in_the_drain_and_ends_it_earl
     assert_eq!(body, b"ok\n");
 
     let began = Instant::now();
-    let hook = std::thread::spawn(move || common::get(endpoints, "/prestop"));
+    let hook = std::thread::spawn(move || get(endpoints, "/prestop"));
     assert!(wait_until(Duration::from_secs(2), || run
         .stderr
         .contains("readiness fails")));

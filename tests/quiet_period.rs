@@ -4,15 +4,13 @@
 //! own, which the client closes first so that nothing of it stays in the server's socket table,
 //! keep the drain open too. Each test has a network namespace of its own.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::haproxy::free_addrs;
-use common::nginx::NginxConfig;
-use common::{Lameduck, Mode, get, own_network, wait_until};
+use lameduck_test_support::network::{addrs, own_network};
+use lameduck_test_support::nginx::NginxConfig;
+use lameduck_test_support::process::{Lameduck, Mode, log_field, wait_until};
 use nix::sys::resource::{Resource, getrlimit, setrlimit};
 use nix::sys::signal::Signal;
 
@@ -50,9 +48,7 @@ impl Pod {
         setrlimit(Resource::RLIMIT_NOFILE, hard, hard).expect("raise the open-file limit");
         assert!(hard as usize > idle + 100, "open-file limit {hard} too low");
 
-        let [addr, endpoints] = free_addrs(ip, 2)[..] else {
-            unreachable!()
-        };
+        let [addr, endpoints] = addrs(ip);
         let config = NginxConfig::with_connections(&format!("quiet-{test}"), addr, idle + 100);
         let args = config.under_lameduck(
             endpoints,
@@ -63,15 +59,8 @@ impl Pod {
                 "1s",
             ],
         );
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let run = Lameduck::start(Mode::Pid1, &args);
-        assert_eq!(run.addr(), endpoints);
-        assert!(
-            wait_until(Duration::from_secs(10), || get(endpoints, "/readyz").0
-                == 200),
-            "nginx never became ready: {:#?}",
-            run.stderr.all()
-        );
+        assert_eq!(run.ready_addr(), endpoints);
         let idle: Vec<TcpStream> = (0..idle)
             .map(|_| TcpStream::connect(addr).expect("an idle connection"))
             .collect();
@@ -92,6 +81,23 @@ impl Pod {
     /// One keep-alive request on the busy connection, read to the end of its response.
     fn request(&mut self) {
         request(&mut self.busy);
+    }
+
+    /// SIGTERM, then `send` a request every `REQUEST_EVERY` for `BUSY_FOR`: the drain must not
+    /// end meanwhile.
+    fn drain_with_requests(&mut self, mut send: impl FnMut(&mut Pod)) {
+        let began = Instant::now();
+        self.run.signal(Signal::SIGTERM);
+        while began.elapsed() < BUSY_FOR {
+            send(self);
+            std::thread::sleep(REQUEST_EVERY);
+            assert!(
+                !self.run.stderr.contains(QUIET_LINE),
+                "the drain ended {:?} after SIGTERM while requests still came: {:#?}",
+                began.elapsed(),
+                self.run.stderr.all()
+            );
+        }
     }
 
     /// Waits for the line that says why the wait ended; returns it and when it was seen.
@@ -136,36 +142,18 @@ fn request(conn: &mut TcpStream) {
     }
 }
 
-/// A number field of a log line, `name=VALUE`.
-fn field(line: &str, name: &str) -> u64 {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in {line:?}"))
-}
-
 #[test]
 fn requests_on_one_connection_among_5000_idle_ones_hold_the_drain_open() {
     let mut pod = Pod::start("busy", Ipv4Addr::new(127, 0, 62, 1), IDLE);
-    let began = Instant::now();
-    pod.run.signal(Signal::SIGTERM);
-    while began.elapsed() < BUSY_FOR {
-        pod.request();
-        std::thread::sleep(REQUEST_EVERY);
-        assert!(
-            !pod.run.stderr.contains(QUIET_LINE),
-            "the drain ended {:?} after SIGTERM while requests still came: {:#?}",
-            began.elapsed(),
-            pod.run.stderr.all()
-        );
-    }
+    pod.drain_with_requests(Pod::request);
     let (line, _) = pod.quiet_line(QUIET_PERIOD + SLACK);
-    let last_traffic_ms = field(&line, "waited_ms") - field(&line, "quiet_ms");
+    let last_traffic_ms = log_field(&line, "waited_ms") - log_field(&line, "quiet_ms");
     assert!(
         last_traffic_ms + REQUEST_EVERY.as_millis() as u64 >= BUSY_FOR.as_millis() as u64,
         "the last request ({last_traffic_ms} ms after SIGTERM) was not seen: {line}"
     );
     assert!(
-        field(&line, "quiet_ms") >= QUIET_PERIOD.as_millis() as u64,
+        log_field(&line, "quiet_ms") >= QUIET_PERIOD.as_millis() as u64,
         "{line}"
     );
 }
@@ -182,39 +170,29 @@ fn with_5000_idle_connections_and_no_traffic_the_drain_ends_after_the_quiet_peri
         seen - began
     );
     assert!(
-        field(&line, "waited_ms") >= QUIET_PERIOD.as_millis() as u64,
+        log_field(&line, "waited_ms") >= QUIET_PERIOD.as_millis() as u64,
         "{line}"
     );
     assert!(
-        field(&line, "waited_ms") < (QUIET_PERIOD + SLACK).as_millis() as u64,
+        log_field(&line, "waited_ms") < (QUIET_PERIOD + SLACK).as_millis() as u64,
         "{line}"
     );
 }
 
 #[test]
 fn requests_on_connections_the_client_opens_and_closes_first_hold_the_drain_open() {
-    let pod = Pod::start("per-request", Ipv4Addr::new(127, 0, 62, 3), 0);
-    let began = Instant::now();
-    pod.run.signal(Signal::SIGTERM);
-    while began.elapsed() < BUSY_FOR {
+    let mut pod = Pod::start("per-request", Ipv4Addr::new(127, 0, 62, 3), 0);
+    pod.drain_with_requests(|pod| {
         // Kept alive by nginx, closed by the client once answered: the server's side of it
         // leaves the socket table at once, between two looks.
         let mut conn = connect(pod.addr);
         request(&mut conn);
-        drop(conn);
-        std::thread::sleep(REQUEST_EVERY);
-        assert!(
-            !pod.run.stderr.contains(QUIET_LINE),
-            "the drain ended {:?} after SIGTERM while requests still came: {:#?}",
-            began.elapsed(),
-            pod.run.stderr.all()
-        );
-    }
+    });
     // A connection that came and went unseen may have carried bytes until the look that
     // noticed it: the wait may last one quiet period past that look.
     let (line, _) = pod.quiet_line(QUIET_PERIOD * 2 + SLACK);
     assert!(
-        field(&line, "waited_ms") >= BUSY_FOR.as_millis() as u64,
+        log_field(&line, "waited_ms") >= BUSY_FOR.as_millis() as u64,
         "{line}"
     );
 }

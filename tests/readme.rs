@@ -1,19 +1,8 @@
 //! README.md documents every flag the binary accepts, so the two cannot drift apart.
 
-mod common;
-
 use std::process::Command;
 
-/// The plugin, built beside lameduck by `cargo test --workspace`.
-fn plugin() -> std::path::PathBuf {
-    let path = common::lameduck().with_file_name("kubectl-lameduck");
-    assert!(
-        path.exists(),
-        "{} is missing: run the tests with `cargo test --workspace`",
-        path.display()
-    );
-    path
-}
+use lameduck_test_support::binaries::{lameduck, plugin};
 
 fn flags_of(program: &std::path::Path, args: &[&str]) -> Vec<String> {
     let output = Command::new(program)
@@ -42,7 +31,7 @@ fn mentions(text: &str, flag: &str) -> bool {
 fn readme_documents_every_flag_of_every_mode() {
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
         .expect("README.md");
-    let (lameduck, plugin) = (common::lameduck(), plugin());
+    let (lameduck, plugin) = (lameduck(), plugin());
     let modes: [(&std::path::Path, &[&str]); 7] = [
         (&lameduck, &[]),
         (&lameduck, &["sidecar"]),

@@ -1,11 +1,11 @@
 //! lameduck reaps every zombie, as PID 1 and as a subreaper, and leaves no process of the app
 //! behind when the app exits first.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{Lameduck, Mode, descendants, fixture, process_state, wait_until};
+use lameduck_test_support::binaries::fixture;
+use lameduck_test_support::both_modes;
+use lameduck_test_support::process::{Lameduck, Mode, descendants, process_state, wait_until};
 use nix::sys::signal::Signal;
 
 fn zombies_under(run: &Lameduck) -> usize {

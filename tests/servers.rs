@@ -1,7 +1,7 @@
 //! Zero dropped requests for each known server, not just nginx: Apache httpd, HAProxy as the
 //! app, Caddy, lighttpd and gunicorn (and nginx again, through the same harness), each under
 //! lameduck as PID 1 with the stop signal the table of known servers
-//! (kubectl-lameduck/src/servers.rs, read here) gives it. Behind the front HAProxy in three
+//! (kubectl-lameduck/src/servers.rs) gives it. Behind the front HAProxy in three
 //! ways: a new connection per request and keep-alive clients through an L7 balancer that
 //! health-checks `/readyz`; and per-request connections through an L4 balancer that, as
 //! kube-proxy, takes the pod out a fixed time after its drain starts, whatever readiness says.
@@ -9,19 +9,18 @@
 //! front of the server, which moves them off during the delay. Then the signal itself: responses in flight when lameduck sends the table's graceful signal
 //! all complete, and a fast-stop signal from the same table cuts them.
 
-mod common;
-#[allow(dead_code)]
-#[path = "../kubectl-lameduck/src/servers.rs"]
-mod known;
-
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use common::apps::{App, Kind, SLOW_BYTES};
-use common::haproxy::{Haproxy, Server, free_addrs};
-use common::load::{Connections, Load, Outcome, Plan, Report};
-use common::nginx::Nginx;
-use common::{Lameduck, Mode, get, wait_until};
+use lameduck_test_support::apps::{App, Kind};
+use lameduck_test_support::haproxy::{Haproxy, Server};
+use lameduck_test_support::load::{Connections, Outcome};
+use lameduck_test_support::network::addrs;
+use lameduck_test_support::nginx::Nginx;
+use lameduck_test_support::process::{Lameduck, Mode, wait_until};
+use lameduck_test_support::scenario::{
+    SLOW, assert_none_failed, assert_served_across, load_context, slow_load, under_load,
+};
 use nix::sys::signal::Signal;
 
 /// The shutdown delay: over the L7 balancer's detection time (two checks 200 ms apart) and
@@ -35,15 +34,10 @@ const TAKE_OUT_AFTER: Duration = Duration::from_secs(1);
 /// through the L4 balancer once its app has stopped.
 const PROXY_MIN_DELAY: Duration = Duration::from_millis(1500);
 const PROXY_MIN_DELAY_FLAG: &str = "1500ms";
-/// How long one `/slow` request takes.
-const SLOW: Duration = Duration::from_millis(400);
 /// Room for a busy machine in the upper bounds on exit times.
 const SLACK: Duration = Duration::from_secs(3);
 /// Requests in flight at any moment.
 const WORKERS: usize = 8;
-/// Load before the drain, so the drained pod serves its share first, and after it exited, so
-/// the survivor is seen serving alone.
-const STEADY: Duration = Duration::from_secs(1);
 
 /// The balancer in front of the pods.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,14 +46,6 @@ enum Front {
     L7,
     /// TCP mode, no checks; the pod is taken out `TAKE_OUT_AFTER` its drain began.
     L4,
-}
-
-/// The table's entry for `kind`.
-fn entry(kind: Kind) -> &'static known::Server {
-    known::SERVERS
-        .iter()
-        .find(|s| s.name == kind.table_name())
-        .unwrap_or_else(|| panic!("{} is not in the table of known servers", kind.id()))
 }
 
 fn signal_name(signal: Signal) -> &'static str {
@@ -92,14 +78,13 @@ impl Pod {
     ) -> Self {
         let app = App::new(kind, test, name, addr, upstream);
         let args = app.under_lameduck(endpoints, signal_name(stop_signal), drain);
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let env = app.env();
         let run = Lameduck::start_with(Mode::Pid1, &args, |command| {
             command.envs(env);
         });
         let proxy = args
             .iter()
-            .position(|&arg| arg == "--proxy")
+            .position(|arg| arg == "--proxy")
             .and_then(|at| args.get(at + 1))
             .and_then(|spec| spec.split('=').next())
             .and_then(|listen| listen.parse().ok());
@@ -110,13 +95,12 @@ impl Pod {
             app,
             proxy,
         };
-        // The listening line comes once the endpoints accept connections.
-        assert_eq!(pod.run.addr(), endpoints);
+        assert_eq!(pod.run.ready_within(Duration::from_secs(15)), endpoints);
         assert!(
-            wait_until(Duration::from_secs(15), || get(pod.endpoints, "/readyz").0
-                == 200
-                && pod.app.started(&pod.run.stderr.all())),
-            "{} {name} never became ready: {:#?}",
+            wait_until(Duration::from_secs(15), || pod
+                .app
+                .started(&pod.run.stderr.all())),
+            "{} {name} never started all of itself: {:#?}",
             kind.id(),
             pod.run.stderr.all()
         );
@@ -125,11 +109,11 @@ impl Pod {
 
     /// How a balancer reaches it.
     fn server(&self) -> Server {
-        Server {
-            name: self.name.into(),
-            addr: self.proxy.unwrap_or(self.app.addr),
-            check: self.endpoints,
-        }
+        Server::new(
+            self.name,
+            self.proxy.unwrap_or(self.app.addr),
+            self.endpoints,
+        )
     }
 }
 
@@ -137,18 +121,6 @@ impl Pod {
 fn upstream(kind: Kind, test: &str, addr: SocketAddr) -> Option<Nginx> {
     kind.needs_upstream()
         .then(|| Nginx::start(&format!("upstream-{test}"), addr))
-}
-
-fn start_load(target: SocketAddr, connections: Connections, workers: usize) -> Load {
-    Load::start(Plan {
-        target,
-        path: "/slow".into(),
-        body_len: SLOW_BYTES,
-        workers,
-        connections,
-        max_duration: Duration::from_secs(60),
-        max_requests: 10_000,
-    })
 }
 
 /// Two pods of `kind` behind `front`; b1 is drained by SIGTERM under load from clients using
@@ -172,9 +144,8 @@ fn drain_one_of_two_with(
         kind.id().to_ascii_lowercase(),
         if proxy { "proxy" } else { "direct" }
     );
-    let graceful = entry(kind).graceful_stop;
-    let [b1_app, b1_ep, b1_proxy, b2_app, b2_ep, b2_proxy, listen, up]: [SocketAddr; 8] =
-        free_addrs(ip, 8).try_into().expect("8 addresses");
+    let graceful = kind.entry().graceful_stop;
+    let [b1_app, b1_ep, b1_proxy, b2_app, b2_ep, b2_proxy, listen, up] = addrs(ip);
     let upstream = upstream(kind, &test, up);
     let up = upstream.as_ref().map(|u| u.config.addr);
     let flags = |proxy_addr: SocketAddr, app: SocketAddr| -> Vec<String> {
@@ -197,45 +168,33 @@ fn drain_one_of_two_with(
     let haproxy = match front {
         Front::L7 => {
             let haproxy = Haproxy::start(&test, listen, "/readyz", &[b1.server(), b2.server()]);
-            assert!(
-                haproxy.wait_for(&[("b1", "UP"), ("b2", "UP")], Duration::from_secs(10)),
-                "{:?}\n{}",
-                haproxy.states(),
-                haproxy.log()
-            );
+            haproxy.expect_all_up(Duration::from_secs(10));
             haproxy
         }
         Front::L4 => Haproxy::start_tcp(&test, listen, None, &[b1.server(), b2.server()]),
     };
 
-    let load = start_load(listen, connections, WORKERS);
-    std::thread::sleep(STEADY);
-    let began = Instant::now();
-    b1.run.signal(Signal::SIGTERM);
-    if front == Front::L4 {
-        std::thread::sleep(TAKE_OUT_AFTER);
-        haproxy.take_out("b1");
-    }
     let exit_within = DELAY + SLOW + b1.app.exit_lag() + SLACK;
-    let exit_code = b1.run.wait_exit(exit_within);
-    let took = began.elapsed();
-    std::thread::sleep(STEADY);
-    let report = load.stop();
+    let (report, (began, exit_code, took)) = under_load(listen, WORKERS, connections, || {
+        let began = Instant::now();
+        b1.run.signal(Signal::SIGTERM);
+        if front == Front::L4 {
+            std::thread::sleep(TAKE_OUT_AFTER);
+            haproxy.take_out("b1");
+        }
+        let exit_code = b1.run.wait_exit(exit_within);
+        (began, exit_code, began.elapsed())
+    });
 
     let log = b1.run.stderr.all();
     let context = || {
+        let load = load_context(&report, began, "SIGTERM", &haproxy);
         format!(
-            "{} {front:?} {connections:?}; times in ms from SIGTERM\n{}\nhaproxy log:\n{}\nb1 log: {log:#?}",
-            kind.id(),
-            report.summary(began),
-            haproxy.log_tail(30)
+            "{} {front:?} {connections:?}; {load}\nb1 log: {log:#?}",
+            kind.id()
         )
     };
-    assert!(
-        report.failures().is_empty(),
-        "requests failed: {}",
-        context()
-    );
+    assert_none_failed(&report, &context);
     assert!(
         b1.app.exited_cleanly(exit_code),
         "b1 exit code {exit_code}: {}",
@@ -253,12 +212,9 @@ fn drain_one_of_two_with(
         "b1 took {took:?} to exit: {}",
         context()
     );
-    served_before_and_in_flight(&report, "b1", began, &context);
+    assert_served_across(&report, "b1", began, &context);
     assert!(
-        report
-            .records
-            .iter()
-            .any(|r| r.served_by("b2") && r.start > began + took),
+        report.served_after("b2", began + took),
         "b2 served nothing after b1 left: {}",
         context()
     );
@@ -273,34 +229,6 @@ fn drain_one_of_two_with(
     }
 }
 
-/// `pod` served before `instant`, and had requests in flight then, all of which completed.
-fn served_before_and_in_flight(
-    report: &Report,
-    pod: &str,
-    instant: Instant,
-    context: &dyn Fn() -> String,
-) {
-    assert!(
-        report
-            .records
-            .iter()
-            .any(|r| r.served_by(pod) && r.end < instant),
-        "{pod} served nothing before, so the test proves nothing: {}",
-        context()
-    );
-    let in_flight = report.in_flight_at(instant);
-    assert!(
-        in_flight.iter().any(|r| r.served_by(pod)),
-        "{pod} had no request in flight: {}",
-        context()
-    );
-    assert!(
-        in_flight.iter().all(|r| r.outcome == Outcome::Ok),
-        "a request in flight failed: {}",
-        context()
-    );
-}
-
 /// One pod of `kind` under lameduck with no delay and `stop_signal`; clients send `/slow`
 /// straight to the server, and lameduck gets SIGTERM while responses are in flight. Returns
 /// those responses' outcomes, lameduck's exit code and whether it is a clean one for the server.
@@ -310,7 +238,7 @@ fn stop_with_responses_in_flight(
     stop_signal: Signal,
 ) -> (Vec<Outcome>, (i32, bool), String) {
     let test = format!("{}-signal-{}", kind.id(), signal_name(stop_signal));
-    let [app, ep, up]: [SocketAddr; 3] = free_addrs(ip, 3).try_into().expect("3 addresses");
+    let [app, ep, up] = addrs(ip);
     let upstream = upstream(kind, &test, up);
     let up = upstream.as_ref().map(|u| u.config.addr);
     let mut pod = Pod::start(
@@ -322,7 +250,7 @@ fn stop_with_responses_in_flight(
         stop_signal,
         &["--shutdown-delay", "0s", "--drain-timeout", "5s"],
     );
-    let load = start_load(app, Connections::PerRequest, 4);
+    let load = slow_load(app, 4, Connections::PerRequest);
     // Past the first responses, so some are well under way.
     std::thread::sleep(SLOW + SLOW / 2);
     let signalled = Instant::now();
@@ -354,7 +282,7 @@ fn stop_with_responses_in_flight(
 /// The table's graceful signal lets every response in flight complete, and the server exit 0.
 fn graceful_signal_completes_responses(kind: Kind, ip: Ipv4Addr) {
     let (in_flight, exit_code, context) =
-        stop_with_responses_in_flight(kind, ip, entry(kind).graceful_stop);
+        stop_with_responses_in_flight(kind, ip, kind.entry().graceful_stop);
     assert!(
         in_flight.iter().all(|o| *o == Outcome::Ok),
         "a response in flight was cut: {context}"
@@ -364,7 +292,7 @@ fn graceful_signal_completes_responses(kind: Kind, ip: Ipv4Addr) {
 
 /// The table's first fast-stop signal cuts the responses in flight.
 fn fast_signal_cuts_responses(kind: Kind, ip: Ipv4Addr) {
-    let fast = entry(kind).fast_stop[0];
+    let fast = kind.entry().fast_stop[0];
     let (in_flight, _, context) = stop_with_responses_in_flight(kind, ip, fast);
     assert!(
         in_flight.iter().any(|o| *o != Outcome::Ok),

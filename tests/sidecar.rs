@@ -2,12 +2,15 @@
 //! the app's container, or `/prestop` with a token) drains nginx inside the hook (readiness fails, the delay passes, nginx gets QUIT, the answer comes once nginx has
 //! exited), it finds nginx by pid file or by name, and never signals anything but its target.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::nginx::{Nginx, free_addr};
-use common::{Lameduck, Mode, fixture, get, http_with, prestop_exec, wait_until};
+use lameduck_test_support::binaries::{fixture, lameduck};
+use lameduck_test_support::http::{get, http_with};
+use lameduck_test_support::network::free_addr;
+use lameduck_test_support::nginx::Nginx;
+use lameduck_test_support::process::{
+    Lameduck, Lines, Mode, listening_addr, prestop_exec, wait_until,
+};
 use nix::sys::signal::Signal;
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -66,14 +69,14 @@ fn prestop_drains_nginx_and_answers_once_it_has_exited() {
 #[test]
 fn finds_nginx_by_name_in_a_shared_pid_namespace() {
     // A PID namespace where a shell is PID 1, as the pause container is with shareProcessNamespace.
-    let nginx_conf = common::nginx::NginxConfig::new("sidecar-name", free_addr());
+    let nginx_conf = lameduck_test_support::nginx::NginxConfig::new("sidecar-name", free_addr());
     let nginx = nginx_conf
         .command()
         .iter()
         .map(|a| format!("'{a}'"))
         .collect::<Vec<_>>()
         .join(" ");
-    let lameduck = common::lameduck().display().to_string();
+    let lameduck = lameduck().display().to_string();
     let script = format!(
         "{nginx} & {lameduck} sidecar --listen 127.0.0.1:0 --prestop-token s3cret --process-name nginx --stop-signal QUIT --shutdown-delay 500ms & wait"
     );
@@ -91,8 +94,8 @@ fn finds_nginx_by_name_in_a_shared_pid_namespace() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("start the pod");
-    let stderr = common::Lines::follow_stream(pod.stderr.take().expect("stderr"));
-    let addr = common::listening_addr(&stderr);
+    let stderr = Lines::follow_stream(pod.stderr.take().expect("stderr"));
+    let addr = listening_addr(&stderr);
     assert!(
         wait_until(5 * SECOND, || get(addr, "/readyz").0 == 200),
         "{:#?}",
@@ -140,7 +143,7 @@ fn its_own_sigterm_before_the_hook_drains_the_app_first() {
 #[test]
 fn keeps_serving_and_retries_until_the_pid_file_appears() {
     let listen = free_addr();
-    let config = common::nginx::NginxConfig::new("sidecar-late", listen);
+    let config = lameduck_test_support::nginx::NginxConfig::new("sidecar-late", listen);
     let pid_file = config.pid_file().display().to_string();
     let sidecar = Lameduck::start(Mode::Subreaper, &["sidecar", "--pid-file", &pid_file]);
     let addr = sidecar.addr();

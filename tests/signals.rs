@@ -1,12 +1,12 @@
 //! Every catchable signal reaches the app, the real-time ones and those that look like faults
 //! too; `--rewrite` changes what it receives; `--group` reaches the app's whole process group.
 
-mod common;
-
 use std::os::unix::process::CommandExt;
 use std::time::Duration;
 
-use common::{Lameduck, Mode, fixture};
+use lameduck_test_support::binaries::fixture;
+use lameduck_test_support::both_modes;
+use lameduck_test_support::process::{Lameduck, Mode, wait_until};
 use nix::libc;
 use nix::sys::resource::{Resource, setrlimit};
 use nix::sys::signal::Signal;
@@ -164,7 +164,7 @@ fn without_group_only_the_app_gets_signals(mode: Mode) {
 }
 
 fn wait_for_line(run: &Lameduck, line: &str) -> bool {
-    common::wait_until(Duration::from_secs(5), || run.stdout.count(line) > 0)
+    wait_until(Duration::from_secs(5), || run.stdout.count(line) > 0)
 }
 
 both_modes!(

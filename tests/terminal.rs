@@ -1,13 +1,11 @@
 //! With a terminal on stdin (`docker run -it`), the app is the terminal's foreground process
 //! group, so Ctrl-C reaches the app itself, as it would without lameduck.
 
-mod common;
-
+use lameduck_test_support::binaries::{fixture, lameduck};
+use lameduck_test_support::process::wait_until;
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::time::Duration;
-
-use common::{fixture, lameduck, wait_until};
 
 #[test]
 fn ctrl_c_on_a_terminal_reaches_the_app_directly() {

@@ -8,16 +8,20 @@
 //! once, and an HTTP `/prestop` without credentials is refused while the backend keeps serving. With `--quiet-period` behind slow health checks, the drain must end
 //! as soon as HAProxy stops opening connections to the backend, long before the shutdown delay.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::haproxy::{Checks, Haproxy, Server, free_addrs};
-use common::load::{Connections, Load, Outcome, Plan, Report};
-use common::nginx::{NginxConfig, SLOW_BYTES, SLOW_RATE};
-use common::{Lameduck, Mode, get, own_network, prestop_exec, run_ip, thread_id, wait_until};
+use lameduck_test_support::haproxy::{Checks, Haproxy, Server};
+use lameduck_test_support::http::get;
+use lameduck_test_support::load::{Connections, Report};
+use lameduck_test_support::network::{addrs, pod_network};
+use lameduck_test_support::nginx::NginxConfig;
+use lameduck_test_support::process::{Lameduck, Mode, log_field, prestop_exec, wait_until};
+use lameduck_test_support::scenario::{
+    SLOW, STEADY, assert_none_failed, assert_served_across, assert_was_down, load_context,
+    states_at_line, under_load,
+};
 use nix::sys::signal::Signal;
 
 /// The shutdown delay: well over HAProxy's detection time (two checks 200 ms apart).
@@ -25,15 +29,10 @@ const DELAY: Duration = Duration::from_secs(2);
 const DELAY_FLAG: &str = "2s";
 /// Connections opened to lameduck's port during a held hook.
 const HOSTILE: usize = 10_000;
-/// How long one `/slow` request takes.
-const SLOW: Duration = Duration::from_millis((SLOW_BYTES * 1000 / SLOW_RATE) as u64);
 /// Room for a busy machine in the upper bounds on exit times.
 const SLACK: Duration = Duration::from_secs(3);
 /// Requests in flight at any moment.
 const WORKERS: usize = 8;
-/// Load before a drain, so the drained backend serves its share first, and after the last one,
-/// so the survivors are seen serving alone.
-const STEADY: Duration = Duration::from_secs(1);
 
 /// The adaptive scenario's health checks, as in the issue: three failures 500 ms apart take a
 /// server out, so a draining backend keeps getting new connections for 1 to 1.5 s after SIGTERM.
@@ -88,30 +87,20 @@ impl Pod {
         drain: &[&str],
     ) -> Self {
         let config = NginxConfig::new(&format!("zd-{test}-{name}"), addr);
-        let args = config.under_lameduck(endpoints, drain);
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let run = Lameduck::start(Mode::Pid1, &args);
-        let pod = Pod {
+        let run = Lameduck::start(Mode::Pid1, &config.under_lameduck(endpoints, drain));
+        assert_eq!(run.ready_addr(), endpoints, "{name}'s endpoints");
+        Pod {
             name,
             run,
             endpoints,
             config,
             delay: DELAY,
-        };
-        // The listening line comes once the endpoints accept connections.
-        assert_eq!(pod.run.addr(), endpoints);
-        assert!(
-            wait_until(Duration::from_secs(10), || get(pod.endpoints, "/readyz").0
-                == 200),
-            "{name} never became ready: {:#?}",
-            pod.run.stderr.all()
-        );
-        pod
+        }
     }
 
     /// How HAProxy reaches it.
     fn server(&self) -> Server {
-        server(self.name, self.config.addr, self.endpoints)
+        Server::new(self.name, self.config.addr, self.endpoints)
     }
 
     /// Drains it as the kubelet does without a preStop hook: SIGTERM to PID 1.
@@ -256,23 +245,6 @@ struct Drain {
     log: Vec<String>,
 }
 
-/// A free address for each name, on the test's own loopback address (see `free_addrs`).
-fn addrs<const N: usize>(ip: Ipv4Addr) -> [SocketAddr; N] {
-    free_addrs(ip, N).try_into().expect("N addresses")
-}
-
-fn start_load(haproxy: &Haproxy, connections: Connections) -> Load {
-    Load::start(Plan {
-        target: haproxy.addr,
-        path: "/slow".into(),
-        body_len: SLOW_BYTES,
-        workers: WORKERS,
-        connections,
-        max_duration: Duration::from_secs(60),
-        max_requests: 10_000,
-    })
-}
-
 /// What every scenario must show: no request failed; each drained pod had served before its drain,
 /// had requests in flight when it began, all of which completed, and exited 0 after its delay
 /// and soon after; after the last drain the `survivors` each went on serving.
@@ -284,18 +256,8 @@ fn assert_zero_downtime(
     survivors: &[&str],
 ) {
     let zero = drains[0].began;
-    let context = || {
-        format!(
-            "times in ms from the first drain\n{}\nhaproxy log:\n{}",
-            report.summary(zero),
-            haproxy.log_tail(40)
-        )
-    };
-    assert!(
-        report.failures().is_empty(),
-        "requests failed: {}",
-        context()
-    );
+    let context = || load_context(report, zero, "the first drain", haproxy);
+    assert_none_failed(report, &context);
     for drain in drains {
         let pod = drain.pod;
         assert_eq!(drain.exit_code, 0, "{pod} exit code: {:#?}", drain.log);
@@ -310,33 +272,12 @@ fn assert_zero_downtime(
             "{pod} took {took:?} to exit: {:#?}",
             drain.log
         );
-        assert!(
-            report
-                .records
-                .iter()
-                .any(|r| r.served_by(pod) && r.end < drain.began),
-            "{pod} served nothing before its drain, so the drain proves nothing: {}",
-            context()
-        );
-        let in_flight = report.in_flight_at(drain.began);
-        assert!(
-            in_flight.iter().any(|r| r.served_by(pod)),
-            "{pod} had no request in flight when its drain began: {}",
-            context()
-        );
-        assert!(
-            in_flight.iter().all(|r| r.outcome == Outcome::Ok),
-            "a request in flight when {pod}'s drain began failed: {}",
-            context()
-        );
+        assert_served_across(report, pod, drain.began, &context);
     }
     let last = drains.iter().map(|d| d.exited).max().expect("a drain");
     for survivor in survivors {
         assert!(
-            report
-                .records
-                .iter()
-                .any(|r| r.served_by(survivor) && r.start > last),
+            report.served_after(survivor, last),
             "{survivor} served nothing after the last drain: {}",
             context()
         );
@@ -352,6 +293,14 @@ fn assert_zero_downtime(
     }
 }
 
+/// HAProxy on `listen` over `pods`, checking `/readyz`, once it sees them all UP.
+fn behind_haproxy(test: &str, listen: SocketAddr, pods: &[&Pod]) -> Haproxy {
+    let servers: Vec<Server> = pods.iter().map(|pod| pod.server()).collect();
+    let haproxy = Haproxy::start(test, listen, "/readyz", &servers);
+    haproxy.expect_all_up(Duration::from_secs(10));
+    haproxy
+}
+
 /// Two pods behind HAProxy; pod b1 is drained by `drain` under load.
 fn drain_one_of_two(
     test: &str,
@@ -362,20 +311,8 @@ fn drain_one_of_two(
     let [b1_addr, b1_endpoints, b2_addr, b2_endpoints, listen] = addrs(ip);
     let mut b1 = Pod::start(test, "b1", b1_addr, b1_endpoints);
     let b2 = Pod::start(test, "b2", b2_addr, b2_endpoints);
-    let haproxy = Haproxy::start(test, listen, "/readyz", &[b1.server(), b2.server()]);
-    assert!(
-        haproxy.wait_for(&[("b1", "UP"), ("b2", "UP")], Duration::from_secs(10)),
-        "{:?}\n{}",
-        haproxy.states(),
-        haproxy.log()
-    );
-
-    let load = start_load(&haproxy, connections);
-    std::thread::sleep(STEADY);
-    let drained = drain(&mut b1);
-    std::thread::sleep(STEADY);
-    let report = load.stop();
-
+    let haproxy = behind_haproxy(test, listen, &[&b1, &b2]);
+    let (report, drained) = under_load(haproxy.addr, WORKERS, connections, || drain(&mut b1));
     assert_zero_downtime(&report, &haproxy, connections, &[drained], &["b2"]);
 }
 
@@ -431,18 +368,10 @@ fn a_held_hook_survives_ten_thousand_connections_behind_haproxy_without_failing_
     let mut b1 = Pod::start_with(test, "b1", b1_addr, b1_ep, &flags);
     b1.delay = Duration::from_secs(6);
     let b2 = Pod::start(test, "b2", b2_addr, b2_ep);
-    let haproxy = Haproxy::start(test, listen, "/readyz", &[b1.server(), b2.server()]);
-    assert!(
-        haproxy.wait_for(&[("b1", "UP"), ("b2", "UP")], Duration::from_secs(10)),
-        "{:?}\n{}",
-        haproxy.states(),
-        haproxy.log()
-    );
-    let load = start_load(&haproxy, Connections::PerRequest);
-    std::thread::sleep(STEADY);
-    let drained = b1.drain_by_hook_under_a_connection_flood();
-    std::thread::sleep(STEADY);
-    let report = load.stop();
+    let haproxy = behind_haproxy(test, listen, &[&b1, &b2]);
+    let (report, drained) = under_load(haproxy.addr, WORKERS, Connections::PerRequest, || {
+        b1.drain_by_hook_under_a_connection_flood()
+    });
     assert_zero_downtime(
         &report,
         &haproxy,
@@ -460,28 +389,18 @@ fn a_hook_still_held_at_sigterm_sends_the_stop_signal_at_once() {
     let long_delay = ["--shutdown-delay", "1m", "--prestop-token", "s3cret"];
     let mut b1 = Pod::start_with("held", "b1", b1_addr, b1_ep, &long_delay);
     let b2 = Pod::start("held", "b2", b2_addr, b2_ep);
-    let haproxy = Haproxy::start("held", listen, "/readyz", &[b1.server(), b2.server()]);
-    assert!(
-        haproxy.wait_for(&[("b1", "UP"), ("b2", "UP")], Duration::from_secs(10)),
-        "{:?}\n{}",
-        haproxy.states(),
-        haproxy.log()
-    );
-    let load = start_load(&haproxy, Connections::PerRequest);
-    std::thread::sleep(STEADY);
-    let _hook = b1.hold_http_hook();
-    // HAProxy takes b1 out before the kubelet gives up, as a grace period of a few seconds allows.
-    assert!(
-        haproxy.wait_for(&[("b1", "DOWN")], Duration::from_secs(5)),
-        "{:?}",
-        haproxy.states()
-    );
-    let signalled = Instant::now();
-    b1.run.signal(Signal::SIGTERM);
-    let exit_code = b1.run.wait_exit(SLOW + SLACK);
-    let took = signalled.elapsed();
-    std::thread::sleep(STEADY);
-    let report = load.stop();
+    let haproxy = behind_haproxy("held", listen, &[&b1, &b2]);
+    let (report, (signalled, exit_code, took)) =
+        under_load(haproxy.addr, WORKERS, Connections::PerRequest, || {
+            let _hook = b1.hold_http_hook();
+            // HAProxy takes b1 out before the kubelet gives up, as a grace period of a few seconds
+            // allows.
+            haproxy.expect_states(&[("b1", "DOWN")], Duration::from_secs(5));
+            let signalled = Instant::now();
+            b1.run.signal(Signal::SIGTERM);
+            let exit_code = b1.run.wait_exit(SLOW + SLACK);
+            (signalled, exit_code, signalled.elapsed())
+        });
     let log = b1.run.stderr.all();
     assert!(
         report.failures().is_empty(),
@@ -510,30 +429,20 @@ fn an_http_prestop_without_credentials_is_refused_and_the_backend_keeps_serving(
         &["--shutdown-delay", DELAY_FLAG],
     );
     let b2 = Pod::start("refused", "b2", b2_addr, b2_ep);
-    let haproxy = Haproxy::start("refused", listen, "/readyz", &[b1.server(), b2.server()]);
-    assert!(
-        haproxy.wait_for(&[("b1", "UP"), ("b2", "UP")], Duration::from_secs(10)),
-        "{:?}\n{}",
-        haproxy.states(),
-        haproxy.log()
-    );
-    let load = start_load(&haproxy, Connections::PerRequest);
-    std::thread::sleep(STEADY);
-    let called = Instant::now();
-    assert_eq!(get(b1.endpoints, "/prestop").0, 403);
-    std::thread::sleep(STEADY);
+    let haproxy = behind_haproxy("refused", listen, &[&b1, &b2]);
+    let (report, called) = under_load(haproxy.addr, WORKERS, Connections::PerRequest, || {
+        let called = Instant::now();
+        assert_eq!(get(b1.endpoints, "/prestop").0, 403);
+        called
+    });
     assert_eq!(
         get(b1.endpoints, "/readyz").0,
         200,
         "a refused call starts no drain"
     );
-    let report = load.stop();
     assert!(report.failures().is_empty(), "{}", report.summary(called));
     assert!(
-        report
-            .records
-            .iter()
-            .any(|r| r.served_by("b1") && r.start > called + STEADY / 2),
+        report.served_after("b1", called + STEADY / 2),
         "HAProxy kept sending b1 requests after the refused call: {}",
         report.summary(called)
     );
@@ -561,30 +470,24 @@ fn rotating_both_backends_out_one_after_the_other_fails_no_request() {
     let servers = [
         b1.server(),
         b2.server(),
-        server("b3", b3_addr, b3_ep),
-        server("b4", b4_addr, b4_ep),
+        // Not started yet.
+        Server::new("b3", b3_addr, b3_ep),
+        Server::new("b4", b4_addr, b4_ep),
     ];
     let haproxy = Haproxy::start(test, listen, "/readyz", &servers);
-    let healthy = |expected: &[(&str, &str)]| {
-        assert!(
-            haproxy.wait_for(expected, Duration::from_secs(10)),
-            "waiting for {expected:?}: {:?}\n{}",
-            haproxy.states(),
-            haproxy.log_tail(40)
-        );
-    };
+    let healthy =
+        |expected: &[(&str, &str)]| haproxy.expect_states(expected, Duration::from_secs(10));
     healthy(&[("b1", "UP"), ("b2", "UP"), ("b3", "DOWN"), ("b4", "DOWN")]);
 
-    let load = start_load(&haproxy, Connections::KeepAlive);
-    std::thread::sleep(STEADY);
-    let _b3 = Pod::start(test, "b3", b3_addr, b3_ep);
-    healthy(&[("b3", "UP")]);
-    let first = b1.drain_by_sigterm();
-    let _b4 = Pod::start(test, "b4", b4_addr, b4_ep);
-    healthy(&[("b4", "UP")]);
-    let second = b2.drain_by_sigterm();
-    std::thread::sleep(STEADY);
-    let report = load.stop();
+    let (report, (first, second, _b3, _b4)) =
+        under_load(haproxy.addr, WORKERS, Connections::KeepAlive, || {
+            let b3 = Pod::start(test, "b3", b3_addr, b3_ep);
+            healthy(&[("b3", "UP")]);
+            let first = b1.drain_by_sigterm();
+            let b4 = Pod::start(test, "b4", b4_addr, b4_ep);
+            healthy(&[("b4", "UP")]);
+            (first, b2.drain_by_sigterm(), b3, b4)
+        });
 
     assert_zero_downtime(
         &report,
@@ -621,37 +524,21 @@ fn quiet_period_also_sees_requests_on_kept_alive_connections() {
 /// its own, as a pod would, reached over a veth pair from the test's namespace, where b2,
 /// HAProxy and the load live.
 fn drain_adaptively(test: &str, base: Ipv4Addr, connections: Connections) {
-    own_network();
-    let [b2_addr, b2_ep, listen] = addrs(base);
     let (b1_addr, b1_ep) = (
         SocketAddr::from((B1_IP, 8080)),
         SocketAddr::from((B1_IP, 8081)),
     );
-    let outside = thread_id();
-    let mut b1 = std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                own_network();
-                let outside = outside.to_string();
-                run_ip(&[
-                    "link", "add", "pod", "type", "veth", "peer", "host", "netns", &outside,
-                ]);
-                run_ip(&["addr", "add", &format!("{B1_IP}/30"), "dev", "pod"]);
-                run_ip(&["link", "set", "pod", "up"]);
-                // With --ready-check, as the other pods: its probes stop when the drain begins.
-                let adaptive = [
-                    "--shutdown-delay",
-                    ADAPTIVE_DELAY_FLAG,
-                    "--quiet-period",
-                    QUIET_PERIOD_FLAG,
-                ];
-                Pod::start_with(test, "b1", b1_addr, b1_ep, &adaptive)
-            })
-            .join()
-            .expect("start b1")
+    let mut b1 = pod_network(B1_IP, HOST_IP, || {
+        // With --ready-check, as the other pods: its probes stop when the drain begins.
+        let adaptive = [
+            "--shutdown-delay",
+            ADAPTIVE_DELAY_FLAG,
+            "--quiet-period",
+            QUIET_PERIOD_FLAG,
+        ];
+        Pod::start_with(test, "b1", b1_addr, b1_ep, &adaptive)
     });
-    run_ip(&["addr", "add", &format!("{HOST_IP}/30"), "dev", "host"]);
-    run_ip(&["link", "set", "host", "up"]);
+    let [b2_addr, b2_ep, listen] = addrs(base);
     let b2 = Pod::start(test, "b2", b2_addr, b2_ep);
     let haproxy = Haproxy::start_with(
         test,
@@ -660,65 +547,36 @@ fn drain_adaptively(test: &str, base: Ipv4Addr, connections: Connections) {
         &[b1.server(), b2.server()],
         SLOW_CHECKS,
     );
-    assert!(
-        haproxy.wait_for(&[("b1", "UP"), ("b2", "UP")], Duration::from_secs(10)),
-        "{:?}\n{}",
-        haproxy.states(),
-        haproxy.log()
-    );
+    haproxy.expect_all_up(Duration::from_secs(10));
 
-    let load = start_load(&haproxy, connections);
-    std::thread::sleep(STEADY);
-    let began = Instant::now();
-    b1.run.signal(Signal::SIGTERM);
-    // The moment lameduck stops waiting, HAProxy must already have taken b1 out: what it saw
-    // then is taken as soon as the log line shows up.
     let quiet_line = "no traffic reached the app for the quiet period";
-    let mut seen_at_stop = None;
-    let mut exited = None;
-    wait_until(ADAPTIVE_EXIT + SLACK, || {
-        if seen_at_stop.is_none() && b1.run.stderr.contains(quiet_line) {
-            seen_at_stop = haproxy.states();
-        }
-        if !b1.run.running() {
-            exited = Some(Instant::now());
-        }
-        exited.is_some()
-    });
-    let exit_code = b1.run.wait_exit(SLACK);
-    let took = exited.unwrap_or_else(Instant::now) - began;
-    std::thread::sleep(STEADY);
-    let report = load.stop();
+    let (report, (began, took, exit_code, seen_at_stop)) =
+        under_load(haproxy.addr, WORKERS, connections, || {
+            let began = Instant::now();
+            b1.run.signal(Signal::SIGTERM);
+            let mut exited = None;
+            let log = b1.run.stderr.clone();
+            let seen_at_stop =
+                states_at_line(&haproxy, &log, quiet_line, ADAPTIVE_EXIT + SLACK, || {
+                    if !b1.run.running() {
+                        exited = Some(Instant::now());
+                    }
+                    exited.is_some()
+                });
+            let exit_code = b1.run.wait_exit(SLACK);
+            let took = exited.unwrap_or_else(Instant::now) - began;
+            (began, took, exit_code, seen_at_stop)
+        });
 
     let log = b1.run.stderr.all();
     let context = || {
-        format!(
-            "times in ms from SIGTERM\n{}\nhaproxy log:\n{}\nb1 log: {log:#?}",
-            report.summary(began),
-            haproxy.log_tail(40)
-        )
+        let load = load_context(&report, began, "SIGTERM", &haproxy);
+        format!("{load}\nb1 log: {log:#?}")
     };
+    assert_none_failed(&report, &context);
+    assert_served_across(&report, "b1", began, &context);
     assert!(
-        report.failures().is_empty(),
-        "requests failed: {}",
-        context()
-    );
-    let in_flight = report.in_flight_at(began);
-    assert!(
-        in_flight.iter().any(|r| r.served_by("b1")),
-        "b1 had no request in flight at SIGTERM: {}",
-        context()
-    );
-    assert!(
-        in_flight.iter().all(|r| r.outcome == Outcome::Ok),
-        "a request in flight at SIGTERM failed: {}",
-        context()
-    );
-    assert!(
-        report
-            .records
-            .iter()
-            .any(|r| r.served_by("b2") && r.start > began + took),
+        report.served_after("b2", began + took),
         "b2 served nothing after b1 left: {}",
         context()
     );
@@ -739,32 +597,10 @@ fn drain_adaptively(test: &str, base: Ipv4Addr, connections: Connections) {
     );
     // waited_ms - quiet_ms is when traffic last came: after the SIGTERM, or the quiet period
     // was quiet from the start and proves nothing about HAProxy's traffic.
-    let field = |name: &str| -> u64 {
-        stopped
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix(name)?.parse().ok())
-            .unwrap_or_else(|| panic!("no {name} in {stopped:?}"))
-    };
     assert!(
-        field("waited_ms=") > field("quiet_ms="),
+        log_field(stopped, "waited_ms") > log_field(stopped, "quiet_ms"),
         "no traffic reached nginx after SIGTERM: {stopped:?}\n{}",
         context()
     );
-    let b1_state = seen_at_stop
-        .as_ref()
-        .and_then(|states| states.iter().find(|(name, _)| name == "b1"));
-    assert!(
-        b1_state.is_some_and(|(_, state)| state == "DOWN"),
-        "HAProxy still sent b1 requests when its app was stopped: {seen_at_stop:?}\n{}",
-        context()
-    );
-}
-
-/// How HAProxy will reach a pod that is not started yet.
-fn server(name: &str, addr: SocketAddr, check: SocketAddr) -> Server {
-    Server {
-        name: name.into(),
-        addr,
-        check,
-    }
+    assert_was_down(&seen_at_stop, "b1", &context);
 }

@@ -12,16 +12,21 @@
 //! Usage: footprint_bench --lameduck PATH --fixture PATH [--quick]
 //!        footprint_bench receive
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, channel};
+use std::sync::mpsc::Receiver;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use lameduck_test_support::http::status;
+use lameduck_test_support::network::still_open;
+use lameduck_test_support::process::{
+    Lines, children, cpu_time_ms, pid1_command, pid1_of, poll_until, status_kib,
+};
 use nix::sys::signal::{SigSet, Signal, kill};
 use nix::unistd::Pid;
 
@@ -34,6 +39,8 @@ const IDLE_CONNECTIONS: usize = 1000;
 const ORPHANS: usize = 5000;
 /// Orphans must all be reaped within this after the fixture made the last one.
 const REAP_BOUND: Duration = Duration::from_secs(2);
+/// How often a wait looks again: the finest step the timings are read at.
+const POLL: Duration = Duration::from_millis(1);
 
 /// How much of each measurement to do: the full run, or a quick one to try the script out.
 struct Counts {
@@ -358,9 +365,8 @@ struct Pod {
 
 impl Pod {
     fn start(argv: &[String], with_log: bool) -> Self {
-        let mut process = Command::new("unshare")
-            .args(["--pid", "--fork", "--mount-proc", "--kill-child"])
-            .args(argv)
+        let mut process = pid1_command(&argv[0])
+            .args(&argv[1..])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(if with_log {
@@ -370,18 +376,13 @@ impl Pod {
             })
             .spawn()
             .expect("start unshare");
-        let lines = follow(process.stdout.take().expect("stdout"));
-        let log = process.stderr.take().map(follow);
-        let outer = Pid::from_raw(process.id() as i32);
-        let mut pid1 = None;
-        let found = wait_until(Duration::from_secs(5), || {
-            pid1 = children(outer).first().copied();
-            pid1.is_some()
-        });
-        assert!(found, "no PID 1 under unshare for {argv:?}");
+        let lines = Lines::follow(process.stdout.take().expect("stdout")).1;
+        let log = process.stderr.take().map(|log| Lines::follow(log).1);
+        let pid1 =
+            pid1_of(&mut process).unwrap_or_else(|| panic!("no PID 1 under unshare for {argv:?}"));
         Pod {
             process,
-            pid1: pid1.expect("pid 1"),
+            pid1,
             lines,
             log,
         }
@@ -423,7 +424,9 @@ impl Pod {
 
     /// Waits up to `timeout` for the pod to exit by itself.
     fn wait_exit(&mut self, timeout: Duration) -> bool {
-        wait_until(timeout, || self.process.try_wait().ok().flatten().is_some())
+        poll_until(timeout, POLL, || {
+            self.process.try_wait().ok().flatten().is_some()
+        })
     }
 }
 
@@ -433,44 +436,6 @@ impl Drop for Pod {
         let _ = self.process.kill();
         let _ = self.process.wait();
     }
-}
-
-/// Sends each line of `stream` down a channel, from a thread of its own.
-fn follow(stream: impl Read + Send + 'static) -> Receiver<String> {
-    let (tx, rx) = channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stream).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
-
-/// Polls `condition` every millisecond until it holds or `timeout` passes.
-fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if condition() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
-
-/// The children of `pid`, from /proc.
-fn children(pid: Pid) -> Vec<Pid> {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .map(Pid::from_raw)
-        .collect()
 }
 
 /// Mean and standard deviation of a hyperfine benchmark, in ms.
@@ -532,12 +497,7 @@ fn startup(wrappers: &[Wrapper], counts: &Counts) -> (Vec<Timing>, Timing) {
 fn idle_rss_kib(wrapper: &Wrapper) -> f64 {
     let pod = Pod::start(&wrapper.argv(&[], &["sleep", "1000"]), false);
     std::thread::sleep(Duration::from_secs(1));
-    let status = std::fs::read_to_string(format!("/proc/{}/status", pod.pid1)).expect("status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
+    status_kib(pod.pid1, "VmRSS").expect("VmRSS") as f64
 }
 
 /// A binary's size in bytes and what its ELF headers say: static or dynamic (a PT_INTERP
@@ -738,11 +698,11 @@ fn orphans(wrapper: &Wrapper, fixture: &Path, runs: usize) -> Orphans {
         // Orphans are reparented to PID 1: every child of its but the fixture, which waits for
         // a signal after making them, is one, alive or a zombie not yet reaped.
         let orphans_left = || children(pod.pid1).len().saturating_sub(1);
-        if wait_until(REAP_BOUND, || orphans_left() == 0) {
+        if poll_until(REAP_BOUND, POLL, || orphans_left() == 0) {
             reaped.push(made.elapsed().as_secs_f64() * 1000.0);
         }
         left = left.max(orphans_left());
-        let (ticks, ns) = cpu_time(pod.pid1);
+        let (ticks, ns) = cpu_time_ms(pod.pid1);
         cpu.push(ticks);
         sched.push(ns);
     }
@@ -752,30 +712,6 @@ fn orphans(wrapper: &Wrapper, fixture: &Path, runs: usize) -> Orphans {
         cpu_ms: median(&mut cpu),
         sched_ms: median(&mut sched),
     }
-}
-
-/// A process's CPU time in ms: utime+stime from /proc/PID/stat, and the scheduler's
-/// nanosecond count from /proc/PID/schedstat.
-fn cpu_time(pid: Pid) -> (f64, f64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
-    // Fields after the `(comm)`: state is field 3, utime 14 and stime 15.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .expect("comm")
-        .1
-        .split_whitespace()
-        .collect();
-    let ticks: f64 =
-        fields[11].parse::<f64>().expect("utime") + fields[12].parse::<f64>().expect("stime");
-    // SAFETY: sysconf only reads a configuration value.
-    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    let schedstat = std::fs::read_to_string(format!("/proc/{pid}/schedstat")).expect("schedstat");
-    let ns: f64 = schedstat
-        .split_whitespace()
-        .next()
-        .and_then(|n| n.parse().ok())
-        .expect("run time");
-    (ticks * 1000.0 / per_second, ns / 1e6)
 }
 
 /// lameduck supervising the receiver, as PID 1, with its log read for its address.
@@ -789,7 +725,7 @@ fn lameduck_pod(lameduck: &Wrapper, receiver: &Path, delay: Duration) -> (Pod, S
     pod.expect("ready", Duration::from_secs(10));
     let addr = pod.endpoints();
     assert!(
-        wait_until(Duration::from_secs(10), || status(addr, "/readyz")
+        poll_until(Duration::from_secs(10), POLL, || status(addr, "/readyz")
             == Some(200)),
         "lameduck never became ready"
     );
@@ -888,15 +824,6 @@ impl Holder {
     }
 }
 
-/// Whether the server has not closed the connection (nor sent anything).
-fn still_open(stream: &TcpStream) -> bool {
-    if stream.set_nonblocking(true).is_err() {
-        return false;
-    }
-    let mut byte = [0u8; 1];
-    matches!(stream.peek(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
-}
-
 /// What runs against lameduck's endpoints during a drain-timeline run.
 #[derive(Clone, Copy, Debug)]
 enum Background {
@@ -972,7 +899,7 @@ fn timeline(lameduck: &Wrapper, receiver: &Path, load: Background, runs: usize) 
         std::thread::sleep(Duration::from_secs(1));
         let sent = monotonic_ns();
         kill(pod.pid1, Signal::SIGTERM).expect("SIGTERM lameduck");
-        let failing = wait_until(Duration::from_secs(5), || {
+        let failing = poll_until(Duration::from_secs(5), POLL, || {
             status(addr, "/readyz") == Some(503)
         });
         let failed_at = monotonic_ns();
@@ -1017,18 +944,6 @@ impl Drop for WrkProcess {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-/// The status of `GET path` on a new connection, or None when there is no answer within a
-/// second.
-fn status(addr: SocketAddr, path: &str) -> Option<u16> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).ok()?;
-    let mut head = [0u8; 12];
-    stream.read_exact(&mut head).ok()?;
-    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
 }
 
 /// lameduck's value ÷ each tini's, for the ratio columns.

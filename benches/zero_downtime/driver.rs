@@ -5,42 +5,32 @@
 //! signal, and under lameduck: with the short delay these health checks need, with a long fixed
 //! delay, and with the same long delay made adaptive by `--quiet-period`, which shows the time
 //! the adaptive delay saves, and with its drain proxy in front of the server (`--proxy`),
-//! which moves keep-alive clients off during the delay. Any server of tests/common/apps.rs (`--server`, nginx by default),
-//! its signals from the table of known servers. Through HAProxy in HTTP mode checking
-//! readiness, or (`--l4`) in TCP mode, taking the pod out a fixed time after the SIGTERM as
-//! kube-proxy does. One Markdown table row per run. It shares the tests' load generator,
-//! HAProxy, nginx and server helpers, included by path.
+//! which moves keep-alive clients off during the delay. Any server of the test support crate's
+//! `apps` (`--server`, nginx by default), its signals from the table of known servers. Through
+//! HAProxy in HTTP mode checking readiness, or (`--l4`) in TCP mode, taking the pod out a fixed
+//! time after the SIGTERM as kube-proxy does. One Markdown table row per run. The servers,
+//! HAProxy, the load generator and the process harness are the tests' own, from the test
+//! support crate.
 //!
 //! Usage: zero_downtime_bench [--server NAME] [--runs N] [--keep-alive] [--l4] [--short]
 //! [--only-lameduck] [--lameduck PATH]; `--short` leaves out the two rows with a 15 s delay,
 //! `--only-lameduck` keeps just lameduck with and without its proxy.
 
-#[allow(dead_code)]
-#[path = "../../tests/common/apps.rs"]
-mod apps;
-#[allow(dead_code)]
-#[path = "../../tests/common/haproxy.rs"]
-mod haproxy;
-#[allow(dead_code)]
-#[path = "../../kubectl-lameduck/src/servers.rs"]
-mod known;
-#[allow(dead_code)]
-#[path = "../../tests/common/load.rs"]
-mod load;
-#[allow(dead_code)]
-#[path = "../../tests/common/nginx.rs"]
-mod nginx;
-
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::io::Write;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use apps::{App, Kind, SLOW_BYTES};
-use haproxy::{Haproxy, Server, free_addrs};
-use load::{Connections, Load, Outcome, Plan, Report};
-use nginx::Nginx;
+use lameduck_test_support::apps::{App, Kind};
+use lameduck_test_support::haproxy::{Haproxy, Server};
+use lameduck_test_support::http::status;
+use lameduck_test_support::load::{Connections, Outcome, Report};
+use lameduck_test_support::network::addrs;
+use lameduck_test_support::nginx::Nginx;
+use lameduck_test_support::process::{pid1_command, pid1_of, wait_until};
+use lameduck_test_support::scenario::{SLOW_BYTES, slow_load};
+use lameduck_test_support::servers;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -65,13 +55,13 @@ const PROXY_MIN_DELAY: Duration = Duration::from_millis(1500);
 /// With `--l4`, when the balancer takes the pod out after its SIGTERM, as an endpoint update
 /// reaches kube-proxy (the tests' value).
 const TAKE_OUT_AFTER: Duration = Duration::from_secs(1);
-/// The servers' own loopback address (see `haproxy::free_addrs`).
+/// The servers' own loopback address (see `network::free_addrs`).
 const IP: Ipv4Addr = Ipv4Addr::new(127, 0, 62, 1);
 
 /// The server under test and its entry in the table of known servers.
 struct Subject {
     kind: Kind,
-    entry: &'static known::Server,
+    entry: &'static servers::Server,
 }
 
 impl Subject {
@@ -220,24 +210,17 @@ impl Pod {
             addrs.app,
             upstream,
         );
-        let process = Command::new("unshare")
-            .args(["--pid", "--fork", "--mount-proc", "--kill-child"])
-            .args(init.argv(addrs, &app, subject, lameduck))
+        let argv = init.argv(addrs, &app, subject, lameduck);
+        let mut process = pid1_command(&argv[0])
+            .args(&argv[1..])
             .envs(app.env())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("start unshare");
-        let outer = Pid::from_raw(process.id() as i32);
-        let mut pid1 = None;
-        assert!(
-            wait_until(Duration::from_secs(5), || {
-                pid1 = first_child(outer);
-                pid1.is_some()
-            }),
-            "{name}: no PID 1 under unshare"
-        );
+        let pid1 =
+            pid1_of(&mut process).unwrap_or_else(|| panic!("{name}: no PID 1 under unshare"));
         let (path, addr) = init.check(addrs);
         assert!(
             wait_until(Duration::from_secs(15), || status(addr, path) == Some(200)),
@@ -251,7 +234,7 @@ impl Pod {
         }
         Pod {
             process,
-            pid1: pid1.expect("pid 1"),
+            pid1,
             _app: app,
         }
     }
@@ -319,7 +302,7 @@ fn run_once(init: Pid1, subject: &Subject, round: usize, front: Front, lameduck:
         b2_proxy,
         listen,
         up,
-    ]: [SocketAddr; 8] = free_addrs(IP, 8).try_into().expect("8 addresses");
+    ] = addrs(IP);
     let upstream = subject
         .kind
         .needs_upstream()
@@ -340,34 +323,19 @@ fn run_once(init: Pid1, subject: &Subject, round: usize, front: Front, lameduck:
     let b2_label = format!("{round}-b2");
     let _b2 = Pod::start(init, subject, ("b2", &b2_label), &b2_addrs, up, lameduck);
     let (path, _) = init.check(&b1_addrs);
-    let servers = [("b1", &b1_addrs), ("b2", &b2_addrs)].map(|(name, addrs)| Server {
-        name: name.into(),
-        addr: init.target(addrs),
-        check: init.check(addrs).1,
-    });
+    let servers = [("b1", &b1_addrs), ("b2", &b2_addrs)]
+        .map(|(name, addrs)| Server::new(name, init.target(addrs), init.check(addrs).1));
     let label = format!("bench-{round}");
     let haproxy = if front.l4 {
         Haproxy::start_tcp(&label, listen, None, &servers)
     } else {
         let haproxy = Haproxy::start(&label, listen, path, &servers);
-        assert!(
-            haproxy.wait_for(&[("b1", "UP"), ("b2", "UP")], Duration::from_secs(10)),
-            "servers not UP: {:?}",
-            haproxy.states()
-        );
+        haproxy.expect_all_up(Duration::from_secs(10));
         haproxy
     };
     let connections = front.connections;
 
-    let load = Load::start(Plan {
-        target: listen,
-        path: "/slow".into(),
-        body_len: SLOW_BYTES,
-        workers: WORKERS,
-        connections,
-        max_duration: Duration::from_secs(60),
-        max_requests: 10_000,
-    });
+    let load = slow_load(listen, WORKERS, connections);
     std::thread::sleep(LEAD);
     let term = Instant::now();
     let (exit_after, exit_code) = std::thread::scope(|scope| {
@@ -434,11 +402,10 @@ fn main() {
             other => panic!("unknown argument {other:?}; {usage}"),
         }
     }
-    let entry = known::SERVERS
-        .iter()
-        .find(|s| s.name == kind.table_name())
-        .expect("every server of apps.rs is in the table");
-    let subject = Subject { kind, entry };
+    let subject = Subject {
+        kind,
+        entry: kind.entry(),
+    };
     let lameduck = lameduck.display().to_string();
     println!(
         "{} pods; {WORKERS} clients, GET /slow ({} KiB, ~400 ms), {} to HAProxy in {}; SIGTERM to backend 1 after {} ms of load{}, load for {} ms after it or until backend 1 exited; lameduck --stop-signal {} --shutdown-delay {} ms unless said otherwise\n",
@@ -519,41 +486,4 @@ fn default_lameduck() -> PathBuf {
     let exe = std::env::current_exe().expect("own path");
     let profile = exe.parent().and_then(|examples| examples.parent());
     profile.expect("target/<profile>").join("lameduck")
-}
-
-/// The status of `GET path`, or None when there is no answer.
-fn status(addr: SocketAddr, path: &str) -> Option<u16> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    response.split_whitespace().nth(1)?.parse().ok()
-}
-
-/// Polls `condition` every 10 ms until it holds or `timeout` passes (nginx.rs and haproxy.rs
-/// call it as `super::wait_until`, as in the tests' harness).
-fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if condition() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// The first child of `pid`, from /proc.
-fn first_child(pid: Pid) -> Option<Pid> {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .ok()?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-        .map(Pid::from_raw)
 }

@@ -1,4 +1,4 @@
-//! The kubelet's part in a pod's life, played against real containers (tests/common/docker.rs):
+//! The kubelet's part in a pod's life, played against real containers (the `docker` module):
 //! its HTTP prober and its termination sequence, as the Kubernetes pod lifecycle docs and
 //! `killContainer` in the kubelet's pkg/kubelet/kuberuntime/kuberuntime_container.go have it.
 //! Every running container is stopped at once, each in its own thread: its preStop hook first,
@@ -20,7 +20,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use super::docker::{Container, ExitWatch, Kind, Pod, PreStop};
+use crate::docker::{Container, ExitWatch, Kind, Pod, PreStop};
 
 /// The kubelet's `minimumGracePeriodInSeconds`: however long the hook took, the stop signal
 /// gets at least this long before the SIGKILL.
@@ -183,7 +183,10 @@ fn hook_exec(
 
 /// What a hook the kubelet stopped waiting for leaves behind until the pod is gone.
 enum Abandoned {
-    Connection(TcpStream),
+    /// Held open, never read again: closed when it is dropped.
+    Connection {
+        _open: TcpStream,
+    },
     Exec(Child),
 }
 
@@ -332,7 +335,7 @@ fn stop(
                 PreStop::HttpGet(addr, path) => {
                     let (outcome, connection) = hook_get(*addr, path, left);
                     // Kept alive after an answer, or left open by a kubelet that gave up.
-                    abandoned = connection.map(Abandoned::Connection);
+                    abandoned = connection.map(|open| Abandoned::Connection { _open: open });
                     outcome
                 }
                 PreStop::Exec(argv) => {

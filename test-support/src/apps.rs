@@ -4,15 +4,17 @@
 //! a rate limit, a sleeping CGI script or WSGI app, or, for the proxies HAProxy and Caddy, a
 //! slow upstream nginx), always with a `Content-Length` so clients can keep connections alive,
 //! and names itself in an `X-Served-By` header, so even a TCP balancer's clients know who
-//! answered. Each holds its own bound on its graceful stop (`OWN_BOUND`), as a pod should.
-//! Std only, like nginx.rs, so the benchmark includes it too.
+//! answered. Each holds its own bound on its graceful stop (`OWN_BOUND_SECS`), as a pod should,
+//! and has its entry in the plugin's table of known servers, which says how to stop it.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
-/// Size of `/slow`, as nginx.rs's.
-pub const SLOW_BYTES: usize = 40 * 1024;
+use crate::nginx::temp_paths;
+use crate::scenario::{SLOW_BYTES, under_lameduck};
+use crate::servers::{SERVERS, Server};
+use crate::temp::TempDir;
+
 /// What each server is given as its own bound on a graceful stop, well within the scenarios'
 /// drain timeout and well beyond a slow response.
 pub const OWN_BOUND_SECS: u64 = 10;
@@ -66,16 +68,21 @@ impl Kind {
         Kind::ALL.into_iter().find(|k| k.id() == id)
     }
 
-    /// Its name in the table of known servers (kubectl-lameduck/src/servers.rs).
-    pub fn table_name(self) -> &'static str {
-        match self {
+    /// Its entry in the table of known servers (kubectl-lameduck/src/servers.rs): its graceful
+    /// and fast stop signals.
+    pub fn entry(self) -> &'static Server {
+        let name = match self {
             Kind::Nginx => "nginx",
             Kind::Apache => "Apache httpd",
             Kind::Haproxy => "HAProxy",
             Kind::Caddy => "Caddy",
             Kind::Lighttpd => "lighttpd",
             Kind::Gunicorn => "gunicorn",
-        }
+        };
+        SERVERS
+            .iter()
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| panic!("{name} is not in the table of known servers"))
     }
 
     /// Whether it serves `/slow` from an upstream (it is a proxy).
@@ -88,7 +95,7 @@ impl Kind {
 pub struct App {
     pub kind: Kind,
     /// Its config, content and logs.
-    pub dir: PathBuf,
+    pub dir: TempDir,
     /// Where it listens.
     pub addr: SocketAddr,
 }
@@ -103,16 +110,10 @@ impl App {
         addr: SocketAddr,
         upstream: Option<SocketAddr>,
     ) -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "lameduck-app-{}-{label}-{}-{}",
-            kind.id(),
-            std::process::id(),
-            addr.port()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(dir.join("html")).expect("app dir");
-        std::fs::write(dir.join("html/slow"), vec![b'x'; SLOW_BYTES]).expect("slow file");
-        std::fs::write(dir.join("html/fast"), b"ok\n").expect("fast file");
+        let dir = TempDir::new(&format!("app-{}-{label}-{}", kind.id(), addr.port()));
+        let html = dir.sub("html");
+        std::fs::write(html.join("slow"), vec![b'x'; SLOW_BYTES]).expect("slow file");
+        std::fs::write(html.join("fast"), b"ok\n").expect("fast file");
         let app = App { kind, dir, addr };
         let upstream = || upstream.expect("a proxy needs an upstream");
         match kind {
@@ -127,11 +128,12 @@ impl App {
     }
 
     fn write(&self, file: &str, text: String) {
-        std::fs::write(self.dir.join(file), text).expect("app config");
+        std::fs::write(self.dir.path().join(file), text).expect("app config");
     }
 
     fn nginx(&self, name: &str) {
-        let (d, addr) = (self.dir.display(), self.addr);
+        let (d, addr) = (self.dir.path().display(), self.addr);
+        let temp_paths = temp_paths(self.dir.path());
         self.write(
             "nginx.conf",
             format!(
@@ -142,12 +144,7 @@ worker_shutdown_timeout {OWN_BOUND_SECS}s;
 events {{ worker_connections 1024; }}
 http {{
     access_log off;
-    client_body_temp_path {d}/body;
-    proxy_temp_path {d}/proxy;
-    fastcgi_temp_path {d}/fastcgi;
-    uwsgi_temp_path {d}/uwsgi;
-    scgi_temp_path {d}/scgi;
-    keepalive_timeout 30s;
+{temp_paths}    keepalive_timeout 30s;
     keepalive_requests 100000;
     add_header X-Served-By {name} always;
     server {{
@@ -162,7 +159,7 @@ http {{
     }
 
     fn apache(&self, name: &str) {
-        let (d, addr) = (self.dir.display(), self.addr);
+        let (d, addr) = (self.dir.path().display(), self.addr);
         let m = "/usr/lib/apache2/modules";
         self.write(
             "httpd.conf",
@@ -244,9 +241,8 @@ http://:{port} {{
     }
 
     fn lighttpd(&self, name: &str) {
-        let (d, addr) = (self.dir.display(), self.addr);
-        std::fs::create_dir_all(self.dir.join("cgi")).expect("cgi dir");
-        let script = self.dir.join("cgi/slow");
+        let (d, addr) = (self.dir.path().display(), self.addr);
+        let script = self.dir.sub("cgi").join("slow");
         std::fs::write(
             &script,
             format!(
@@ -301,7 +297,7 @@ def app(environ, start_response):
 
     /// The argv that runs this server in the foreground.
     pub fn command(&self) -> Vec<String> {
-        let path = |file: &str| self.dir.join(file).display().to_string();
+        let path = |file: &str| self.dir.path().join(file).display().to_string();
         let words: Vec<String> = match self.kind {
             Kind::Nginx => vec![
                 "nginx".into(),
@@ -344,7 +340,7 @@ def app(environ, start_response):
                 "--bind".into(),
                 self.addr.to_string(),
                 "--chdir".into(),
-                self.dir.display().to_string(),
+                self.dir.path().display().to_string(),
                 "--workers".into(),
                 GUNICORN_WORKERS.to_string(),
                 "--timeout".into(),
@@ -388,7 +384,7 @@ def app(environ, start_response):
         match self.kind {
             Kind::Caddy => ["XDG_DATA_HOME", "XDG_CONFIG_HOME", "HOME"]
                 .iter()
-                .map(|var| (var.to_string(), self.dir.display().to_string()))
+                .map(|var| (var.to_string(), self.dir.path().display().to_string()))
                 .collect(),
             _ => Vec::new(),
         }
@@ -403,25 +399,6 @@ def app(environ, start_response):
         stop_signal: &str,
         drain: &[&str],
     ) -> Vec<String> {
-        let mut args: Vec<String> = vec![
-            "--listen".into(),
-            endpoints.to_string(),
-            "--stop-signal".into(),
-            stop_signal.into(),
-            "--ready-check".into(),
-            format!("http://{}/fast", self.addr),
-            "--ready-interval".into(),
-            "100ms".into(),
-        ];
-        args.extend(drain.iter().map(|flag| flag.to_string()));
-        args.push("--".into());
-        args.extend(self.command());
-        args
-    }
-}
-
-impl Drop for App {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
+        under_lameduck(endpoints, stop_signal, self.addr, drain, self.command())
     }
 }

@@ -1,26 +1,22 @@
-//! The harness every integration test uses: start the built lameduck really as PID 1 (under
-//! `unshare --pid --fork --mount-proc`) or as a subreaper, read its output line by line, send
-//! it signals by pid, speak plain HTTP to its endpoints, and clean up by pid on drop.
+//! The process harness: start the built lameduck really as PID 1 (under `unshare --pid --fork
+//! --mount-proc`) or as a subreaper, read its output line by line, send it signals by pid, and
+//! clean up by pid on drop; any other program as PID 1 of a namespace of its own (the benchmarks'
+//! peers), a program run to its end within a time limit, and what /proc tells of a process.
 
-#![allow(dead_code)]
-
-pub mod apps;
-pub mod docker;
-pub mod haproxy;
-pub mod kubelet;
-pub mod load;
-pub mod nginx;
-
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
+use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
+
+use crate::binaries::lameduck;
+use crate::http::get;
 
 /// How lameduck runs in a test.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,28 +34,16 @@ pub enum Mode {
 macro_rules! both_modes {
     ($($name:ident),* $(,)?) => {
         mod pid1 {
-            $( #[test] fn $name() { super::$name($crate::common::Mode::Pid1) } )*
+            $( #[test] fn $name() { super::$name($crate::process::Mode::Pid1) } )*
         }
         mod subreaper {
-            $( #[test] fn $name() { super::$name($crate::common::Mode::Subreaper) } )*
+            $( #[test] fn $name() { super::$name($crate::process::Mode::Subreaper) } )*
         }
     };
 }
 
-/// The lameduck binary under test.
-pub fn lameduck() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_lameduck"))
-}
-
-/// The fixture app (tests/fixtures/fixture.rs), built by `cargo test` as an example.
-pub fn fixture() -> String {
-    let bin = lameduck();
-    let dir = bin.parent().expect("binary has a folder");
-    dir.join("examples/fixture").to_string_lossy().into_owned()
-}
-
-/// Polls `condition` every 10 ms until it holds or `timeout` passes.
-pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+/// Polls `condition` every `every` until it holds or `timeout` passes; whether it held.
+pub fn poll_until(timeout: Duration, every: Duration, mut condition: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
         if condition() {
@@ -68,13 +52,18 @@ pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> boo
         if Instant::now() >= deadline {
             return false;
         }
-        std::thread::sleep(Duration::from_millis(10));
+        std::thread::sleep(every);
     }
+}
+
+/// Polls `condition` every 10 ms until it holds or `timeout` passes; whether it held.
+pub fn wait_until(timeout: Duration, condition: impl FnMut() -> bool) -> bool {
+    poll_until(timeout, Duration::from_millis(10), condition)
 }
 
 /// Lines read from one output stream, kept for later assertions.
 #[derive(Clone, Default)]
-pub struct Lines(Arc<Mutex<Vec<String>>>, Arc<std::sync::atomic::AtomicBool>);
+pub struct Lines(Arc<Mutex<Vec<String>>>, Arc<AtomicBool>);
 
 impl Lines {
     /// Collects the lines of `stream` in the background.
@@ -82,7 +71,9 @@ impl Lines {
         Lines::follow(stream).0
     }
 
-    fn follow(stream: impl Read + Send + 'static) -> (Self, Receiver<String>) {
+    /// Collects the lines of `stream` in the background, and sends each down the channel too,
+    /// for a reader that waits on them one by one.
+    pub fn follow(stream: impl Read + Send + 'static) -> (Self, Receiver<String>) {
         let lines = Lines::default();
         let (tx, rx) = channel();
         let store = lines.clone();
@@ -93,14 +84,14 @@ impl Lines {
                 store.0.lock().expect("lines lock").push(line.clone());
                 let _ = tx.send(line);
             }
-            closed.store(true, std::sync::atomic::Ordering::SeqCst);
+            closed.store(true, Ordering::SeqCst);
         });
         (lines, rx)
     }
 
     /// Whether the stream has ended.
     pub fn closed(&self) -> bool {
-        self.1.load(std::sync::atomic::Ordering::SeqCst)
+        self.1.load(Ordering::SeqCst)
     }
 
     /// Every line so far.
@@ -117,6 +108,28 @@ impl Lines {
     pub fn count(&self, line: &str) -> usize {
         self.all().iter().filter(|l| l.as_str() == line).count()
     }
+}
+
+/// `unshare --pid --fork --mount-proc --kill-child PROGRAM`: PROGRAM (add its arguments) as PID 1
+/// of a fresh PID namespace, which ends with everything in it when `unshare` is killed.
+pub fn pid1_command(program: impl AsRef<OsStr>) -> Command {
+    let mut command = Command::new("unshare");
+    command
+        .args(["--pid", "--fork", "--mount-proc", "--kill-child"])
+        .arg(program);
+    command
+}
+
+/// The PID 1 that `unshare` (started by `pid1_command`) made, as the host sees it, once it
+/// exists; None when `unshare` exited first or 5 s passed.
+pub fn pid1_of(unshare: &mut Child) -> Option<Pid> {
+    let outer = Pid::from_raw(i32::try_from(unshare.id()).expect("a pid"));
+    let mut inner = None;
+    wait_until(Duration::from_secs(5), || {
+        inner = first_child(outer);
+        inner.is_some() || unshare.try_wait().ok().flatten().is_some()
+    });
+    inner
 }
 
 /// A running lameduck, stopped with SIGKILL (with everything it started) when dropped.
@@ -136,33 +149,31 @@ pub struct Lameduck {
 }
 
 impl Lameduck {
-    /// Starts `lameduck ARGS` in `mode`. Add `--listen 127.0.0.1:0` yourself when endpoints are used;
-    /// `start` adds it when no `--listen` is given so tests never collide on a port.
-    pub fn start(mode: Mode, args: &[&str]) -> Self {
+    /// Starts `lameduck ARGS` in `mode`. `start` adds `--listen 127.0.0.1:0` when no `--listen`
+    /// is given, so tests never collide on a port.
+    pub fn start(mode: Mode, args: &[impl AsRef<str>]) -> Self {
         Lameduck::start_with(mode, args, |_| {})
     }
 
     /// Like `start`, with `prepare` shaping the command first: what lameduck's parent passes
     /// on (a `pre_exec` that blocks or ignores signals reaches lameduck through `unshare`).
-    pub fn start_with(mode: Mode, args: &[&str], prepare: impl FnOnce(&mut Command)) -> Self {
-        let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        if !args.contains(&"--listen") {
+    pub fn start_with(
+        mode: Mode,
+        args: &[impl AsRef<str>],
+        prepare: impl FnOnce(&mut Command),
+    ) -> Self {
+        let mut all: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
+        if !all.contains(&"--listen") {
             // After the mode's name, when there is one (`lameduck sidecar --listen ...`).
-            let at = usize::from(args.first() == Some(&"sidecar"));
-            all.splice(at..at, ["--listen".to_string(), "127.0.0.1:0".to_string()]);
+            let at = usize::from(all.first() == Some(&"sidecar"));
+            all.splice(at..at, ["--listen", "127.0.0.1:0"]);
         }
         let mut command = match mode {
-            Mode::Pid1 => {
-                let mut c = Command::new("unshare");
-                c.args(["--pid", "--fork", "--mount-proc", "--kill-child"])
-                    .arg(lameduck());
-                c
-            }
+            Mode::Pid1 => pid1_command(lameduck()),
             Mode::Subreaper => Command::new(lameduck()),
             Mode::Pid1Unprivileged => {
-                let mut c = Command::new("unshare");
-                c.args(["--pid", "--fork", "--mount-proc", "--kill-child", "setpriv"])
-                    .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+                let mut c = pid1_command("setpriv");
+                c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
                     .args(["--inh-caps=-all", "--bounding-set=-all", "--no-new-privs"])
                     .arg(lameduck());
                 c
@@ -177,18 +188,11 @@ impl Lameduck {
         let mut process = command.spawn().expect("start lameduck");
         let (stdout, stdout_rx) = Lines::follow(process.stdout.take().expect("stdout"));
         let (stderr, _) = Lines::follow(process.stderr.take().expect("stderr"));
-        let outer = Pid::from_raw(process.id() as i32);
         let pid = match mode {
-            Mode::Subreaper => outer,
-            Mode::Pid1 | Mode::Pid1Unprivileged => {
-                // A short-lived lameduck may be gone before it is seen; then its pid is never needed.
-                let mut inner = None;
-                wait_until(Duration::from_secs(5), || {
-                    inner = first_child(outer);
-                    inner.is_some() || process.try_wait().ok().flatten().is_some()
-                });
-                inner.unwrap_or(outer)
-            }
+            Mode::Subreaper => Pid::from_raw(i32::try_from(process.id()).expect("a pid")),
+            // A short-lived lameduck may be gone before it is seen; then its pid is never needed.
+            Mode::Pid1 | Mode::Pid1Unprivileged => pid1_of(&mut process)
+                .unwrap_or(Pid::from_raw(i32::try_from(process.id()).expect("a pid"))),
         };
         Lameduck {
             process,
@@ -255,12 +259,18 @@ impl Lameduck {
         found.expect("socket name")
     }
 
-    /// The endpoints' address, once /readyz answers 200.
+    /// The endpoints' address, once /readyz answers 200 (within 10 s).
     pub fn ready_addr(&self) -> SocketAddr {
+        self.ready_within(Duration::from_secs(10))
+    }
+
+    /// The endpoints' address, once /readyz answers 200 (within `timeout`): with
+    /// `--ready-check`, once the app answers.
+    pub fn ready_within(&self, timeout: Duration) -> SocketAddr {
         let addr = self.addr();
         assert!(
-            wait_until(Duration::from_secs(5), || get(addr, "/readyz").0 == 200),
-            "never ready: {:#?}",
+            wait_until(timeout, || get(addr, "/readyz").0 == 200),
+            "never ready within {timeout:?}: {:#?}",
             self.stderr.all()
         );
         addr
@@ -301,10 +311,7 @@ impl Lameduck {
         wait_until(Duration::from_secs(2), || {
             self.stdout.closed() && self.stderr.closed()
         });
-        let code = status.code().unwrap_or_else(|| {
-            use std::os::unix::process::ExitStatusExt;
-            128 + status.signal().unwrap_or(0)
-        });
+        let code = exit_code(status);
         self.exit = Some(code);
         code
     }
@@ -325,6 +332,14 @@ impl Drop for Lameduck {
             let _ = self.process.wait();
         }
     }
+}
+
+/// An exit status as a shell reports it: the code, or 128 + the signal that ended the process.
+pub fn exit_code(status: std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
 }
 
 /// Runs the in-pod hook `lameduck prestop --prestop-socket SOCKET` in the test's network
@@ -356,6 +371,13 @@ pub fn listening_addr(stderr: &Lines) -> SocketAddr {
     found.expect("address")
 }
 
+/// A number field of a log line, `name=VALUE`.
+pub fn log_field(line: &str, name: &str) -> u64 {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {line:?}"))
+}
+
 /// The first child of `pid`, from /proc.
 pub fn first_child(pid: Pid) -> Option<Pid> {
     children(pid).into_iter().next()
@@ -383,98 +405,128 @@ pub fn descendants(pid: Pid) -> Vec<Pid> {
     found
 }
 
-/// The state letter of a process (`R`, `S`, `Z`, ...), or None if it is gone.
-pub fn process_state(pid: Pid) -> Option<char> {
+/// The fields of /proc/PID/stat after the command's closing parenthesis (the state first), or
+/// None if the process is gone.
+fn stat_fields(pid: Pid) -> Option<Vec<String>> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after_comm = stat.rsplit_once(')')?.1;
-    after_comm.trim_start().chars().next()
+    Some(after_comm.split_whitespace().map(str::to_owned).collect())
 }
 
-/// A minimal HTTP/1.1 request with `Connection: close`; returns status and body.
-pub fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
-    http_with(addr, method, path, &[], Duration::from_secs(10))
+/// The state letter of a process (`R`, `S`, `Z`, ...), or None if it is gone.
+pub fn process_state(pid: Pid) -> Option<char> {
+    stat_fields(pid)?.first()?.chars().next()
 }
 
-/// `GET path`.
-pub fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    http(addr, "GET", path)
-}
-
-/// An HTTP request with extra headers and a read timeout.
-pub fn http_with(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    timeout: Duration,
-) -> (u16, String) {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("connect");
-    stream.set_read_timeout(Some(timeout)).expect("timeout");
-    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
-    }
-    request.push_str("\r\n");
-    stream.write_all(request.as_bytes()).expect("send request");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("read response");
-    let status = response
+/// The CPU time a process has used, user and system, in ms: /proc/PID/stat's utime and stime
+/// (clock ticks), and the scheduler's nanosecond count from /proc/PID/schedstat.
+pub fn cpu_time_ms(pid: Pid) -> (f64, f64) {
+    let fields = stat_fields(pid).expect("/proc/PID/stat");
+    // utime and stime are the 14th and 15th fields, the 12th and 13th after the command.
+    let ticks: f64 =
+        fields[11].parse::<f64>().expect("utime") + fields[12].parse::<f64>().expect("stime");
+    // SAFETY: sysconf only reads a configuration value.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let schedstat = std::fs::read_to_string(format!("/proc/{pid}/schedstat")).expect("schedstat");
+    let ns: f64 = schedstat
         .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status in {response:?}"));
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
+        .next()
+        .and_then(|n| n.parse().ok())
+        .expect("run time");
+    (ticks * 1000.0 / per_second, ns / 1e6)
 }
 
-/// Builds (or finds up to date) the static lameduck and fixture with scripts/build-static.sh;
-/// returns their paths.
-pub fn static_build() -> (PathBuf, PathBuf) {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let output = Command::new(root.join("scripts/build-static.sh"))
-        .env_remove("RUSTFLAGS")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run scripts/build-static.sh");
-    assert!(
-        output.status.success(),
-        "static build failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let binary = root.join(String::from_utf8_lossy(&output.stdout).trim());
-    let fixture = binary
-        .parent()
-        .expect("release folder")
-        .join("examples/fixture");
-    (binary, fixture)
+/// A `kB` field of /proc/PID/status (`VmRSS`, `VmHWM`, ...), in KiB.
+pub fn status_kib(pid: Pid, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
-/// Moves the calling test's thread into a network namespace of its own, with its loopback up;
-/// what the thread starts from then on (lameduck, servers, clients) lives there too. The
-/// adaptive delay counts every connection its namespace accepts, so a test of it must not
-/// share one with other tests.
-pub fn own_network() {
-    // SAFETY: unshare with a constant flag changes only this thread's namespaces.
-    assert_eq!(
-        unsafe { libc::unshare(libc::CLONE_NEWNET) },
-        0,
-        "unshare a network namespace (root needed): {}",
-        std::io::Error::last_os_error()
-    );
-    run_ip(&["link", "set", "lo", "up"]);
+/// What a finished program left: its exit code (None when it was killed or never started) and
+/// its output.
+pub struct Ran {
+    /// The command line, for messages.
+    pub what: String,
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
 }
 
-/// Runs `ip ARGS` in the calling thread's network namespace.
-pub fn run_ip(args: &[&str]) {
-    let status = Command::new("ip").args(args).status().expect("run ip");
-    assert!(status.success(), "ip {args:?}: {status}");
+impl Ran {
+    /// Whether it exited 0.
+    pub fn ok(&self) -> bool {
+        self.code == Some(0)
+    }
+
+    /// Everything it left, for a failed assertion.
+    pub fn describe(&self) -> String {
+        format!(
+            "`{}` exited {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.what, self.code, self.stdout, self.stderr
+        )
+    }
 }
 
-/// The calling thread's id, which names its network namespace to `ip ... netns`.
-pub fn thread_id() -> i32 {
-    // SAFETY: gettid has no preconditions.
-    unsafe { libc::gettid() }
+/// Runs `command` to its end with `stdin` on its standard input, killing it after `timeout`.
+/// Both output pipes are read while it runs, so a chatty program never blocks on a full one.
+pub fn run(command: &mut Command, stdin: &[u8], timeout: Duration) -> Ran {
+    let what = std::iter::once(command.get_program())
+        .chain(command.get_args())
+        .map(|word| word.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let spawned = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(err) => {
+            return Ran {
+                stderr: format!("cannot run `{what}`: {err}"),
+                what,
+                code: None,
+                stdout: String::new(),
+            };
+        }
+    };
+    let mut input = child.stdin.take().expect("stdin is piped");
+    let stdin = stdin.to_vec();
+    // A program that never reads its input may close it first; that is not a failure here.
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(&stdin);
+    });
+    let read = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            String::from_utf8_lossy(&bytes).into_owned()
+        })
+    };
+    let stdout = read(Box::new(child.stdout.take().expect("stdout is piped")));
+    let stderr = read(Box::new(child.stderr.take().expect("stderr is piped")));
+    let mut status = None;
+    let finished = wait_until(timeout, || {
+        status = child.try_wait().ok().flatten();
+        status.is_some()
+    });
+    if !finished {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let _ = writer.join();
+    let mut stderr = stderr.join().unwrap_or_default();
+    if !finished {
+        stderr.push_str(&format!("\n(killed after {timeout:?})"));
+    }
+    Ran {
+        what,
+        code: status.and_then(|s| s.code()),
+        stdout: stdout.join().unwrap_or_default(),
+        stderr,
+    }
 }

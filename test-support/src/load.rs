@@ -1,8 +1,7 @@
 //! The load generator of the zero-downtime tests and benchmark: worker threads that send
 //! `GET path` over HTTP/1.1 to one address, with a new connection per request or one kept-alive
 //! connection per worker, and record every request: when it started and ended, how it ended, and
-//! which server answered (the `X-Served-By` header the balancer adds). Std only, so the benchmark
-//! (benches/zero_downtime/driver.rs) includes this file as it is.
+//! which server answered (the `X-Served-By` header the balancer adds).
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -10,6 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+use crate::network::still_open;
 
 /// How a worker uses connections.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -144,6 +145,20 @@ impl Report {
             .collect()
     }
 
+    /// Whether `server` answered a request that ended before `instant`.
+    pub fn served_before(&self, server: &str, instant: Instant) -> bool {
+        self.records
+            .iter()
+            .any(|r| r.served_by(server) && r.end < instant)
+    }
+
+    /// Whether `server` answered a request that started after `instant`.
+    pub fn served_after(&self, server: &str, instant: Instant) -> bool {
+        self.records
+            .iter()
+            .any(|r| r.served_by(server) && r.start > instant)
+    }
+
     /// How many connections the workers opened.
     pub fn connections(&self) -> usize {
         self.records.iter().filter(|r| r.new_connection).count()
@@ -199,6 +214,8 @@ fn run_worker(worker: usize, plan: &Plan, stop: &AtomicBool) -> Vec<Record> {
             break;
         }
         let start = Instant::now();
+        // Checked before each reuse, so a close between requests costs a reconnect, not a
+        // failure; only a close racing the request itself is a failure.
         let reused = match plan.connections {
             Connections::KeepAliveUnchecked => kept.take(),
             _ => kept.take().filter(still_open),
@@ -240,18 +257,6 @@ fn connect(target: SocketAddr) -> io::Result<TcpStream> {
     stream.set_write_timeout(Some(Duration::from_secs(5)))?;
     stream.set_nodelay(true)?;
     Ok(stream)
-}
-
-/// Whether a kept connection may carry the next request: the server has not closed it (nor sent
-/// anything unasked). Checked before each reuse, so a close between requests costs a reconnect,
-/// not a failure; only a close racing the request itself is a failure.
-fn still_open(stream: &TcpStream) -> bool {
-    if stream.set_nonblocking(true).is_err() {
-        return false;
-    }
-    let mut byte = [0u8; 1];
-    let idle = matches!(stream.peek(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock);
-    idle && stream.set_nonblocking(false).is_ok()
 }
 
 /// What one request/response exchange gave.

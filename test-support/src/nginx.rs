@@ -1,24 +1,24 @@
 //! Real nginx for the tests: a generated config in a temp dir (daemon off, master process on,
-//! one worker, logs and pid file in the dir), a slow file so requests are always in flight, and
-//! a guard that kills the nginx it started, by pid, on drop.
+//! one worker, logs and pid file in the dir), the scenarios' slow file so requests are always in
+//! flight, a folder that takes uploads, and a guard that kills the nginx it started, by pid, on
+//! drop.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use nix::sys::signal::{Signal, kill};
+use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 
-/// Size of `/slow`; with `SLOW_RATE` it takes about 400 ms to send.
-pub const SLOW_BYTES: usize = 40 * 1024;
-/// `limit_rate` for `/slow`, in bytes per second.
-pub const SLOW_RATE: usize = 100 * 1024;
+use crate::process::{exit_code, wait_until};
+use crate::scenario::{SLOW_BYTES, SLOW_RATE, under_lameduck};
+use crate::temp::TempDir;
 
 /// A temp dir with an nginx config listening on `addr`.
 pub struct NginxConfig {
     /// The folder holding config, pid file, logs and content.
-    pub dir: PathBuf,
+    pub dir: TempDir,
     /// Where nginx listens.
     pub addr: SocketAddr,
 }
@@ -43,27 +43,22 @@ impl NginxConfig {
     }
 
     fn write(label: &str, addr: SocketAddr, connections: usize, l4_name: Option<&str>) -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "lameduck-nginx-{label}-{}-{}",
-            std::process::id(),
-            addr.port()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(dir.join("html")).expect("nginx dir");
-        std::fs::write(dir.join("html/slow"), vec![b'x'; SLOW_BYTES]).expect("slow file");
-        std::fs::write(dir.join("html/fast"), b"ok\n").expect("fast file");
-        std::fs::create_dir_all(dir.join("html/put")).expect("put dir");
+        let dir = TempDir::new(&format!("nginx-{label}-{}", addr.port()));
+        let html = dir.sub("html");
+        std::fs::write(html.join("slow"), vec![b'x'; SLOW_BYTES]).expect("slow file");
+        std::fs::write(html.join("fast"), b"ok\n").expect("fast file");
         // nginx's worker runs as nobody when the tests run as root.
         std::fs::set_permissions(
-            dir.join("html/put"),
+            dir.sub("html/put"),
             std::os::unix::fs::PermissionsExt::from_mode(0o777),
         )
         .expect("put dir mode");
-        let d = dir.display();
+        let d = dir.path().display();
         let files = connections + 64;
         let l4 = l4_name.map_or(String::new(), |name| {
             format!("add_header X-Served-By {name} always;\n        keepalive_requests 1000000;")
         });
+        let temp_paths = temp_paths(dir.path());
         let config = format!(
             "worker_processes 1;
 worker_rlimit_nofile {files};
@@ -72,12 +67,7 @@ error_log {d}/error.log info;
 events {{ worker_connections {connections}; }}
 http {{
     access_log {d}/access.log;
-    client_body_temp_path {d}/body;
-    proxy_temp_path {d}/proxy;
-    fastcgi_temp_path {d}/fastcgi;
-    uwsgi_temp_path {d}/uwsgi;
-    scgi_temp_path {d}/scgi;
-    keepalive_timeout 30s;
+{temp_paths}    keepalive_timeout 30s;
     server {{
         listen {addr} reuseport;
         root {d}/html;
@@ -89,7 +79,7 @@ http {{
 }}
 "
         );
-        std::fs::write(dir.join("nginx.conf"), config).expect("nginx.conf");
+        std::fs::write(dir.path().join("nginx.conf"), config).expect("nginx.conf");
         NginxConfig { dir, addr }
     }
 
@@ -98,7 +88,7 @@ http {{
         vec![
             "nginx".into(),
             "-c".into(),
-            self.dir.join("nginx.conf").display().to_string(),
+            self.dir.path().join("nginx.conf").display().to_string(),
             "-g".into(),
             "daemon off;".into(),
         ]
@@ -108,25 +98,12 @@ http {{
     /// the stop signal, ready once nginx answers `/fast`, the `drain` flags, then `--` and
     /// nginx's own command.
     pub fn under_lameduck(&self, endpoints: SocketAddr, drain: &[&str]) -> Vec<String> {
-        let mut args: Vec<String> = vec![
-            "--listen".into(),
-            endpoints.to_string(),
-            "--stop-signal".into(),
-            "QUIT".into(),
-            "--ready-check".into(),
-            format!("http://{}/fast", self.addr),
-            "--ready-interval".into(),
-            "100ms".into(),
-        ];
-        args.extend(drain.iter().map(|flag| flag.to_string()));
-        args.push("--".into());
-        args.extend(self.command());
-        args
+        under_lameduck(endpoints, "QUIT", self.addr, drain, self.command())
     }
 
     /// The pid file nginx writes.
     pub fn pid_file(&self) -> PathBuf {
-        self.dir.join("nginx.pid")
+        self.dir.path().join("nginx.pid")
     }
 
     /// The master's pid, once the pid file exists.
@@ -136,10 +113,13 @@ http {{
     }
 }
 
-impl Drop for NginxConfig {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+/// The `http` lines that keep nginx's temp files in `dir`, where an unprivileged or parallel
+/// nginx can write them, in place of Debian's /var/lib/nginx.
+pub fn temp_paths(dir: &Path) -> String {
+    let dir = dir.display();
+    ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"]
+        .map(|kind| format!("    {kind}_temp_path {dir}/{kind};\n"))
+        .concat()
 }
 
 /// An nginx started directly by the test, killed (master and its process group) on drop.
@@ -166,7 +146,7 @@ impl Nginx {
             .expect("start nginx (is it installed?)");
         let nginx = Nginx { config, process };
         assert!(
-            super::wait_until(Duration::from_secs(10), || std::net::TcpStream::connect(
+            wait_until(Duration::from_secs(10), || std::net::TcpStream::connect(
                 addr
             )
             .is_ok()
@@ -178,27 +158,15 @@ impl Nginx {
 
     /// The master's exit code once it has exited, without blocking.
     pub fn exit_code(&mut self) -> Option<i32> {
-        use std::os::unix::process::ExitStatusExt;
-        let status = self.process.try_wait().ok()??;
-        Some(
-            status
-                .code()
-                .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)),
-        )
+        self.process.try_wait().ok()?.map(exit_code)
     }
 }
 
 impl Drop for Nginx {
     fn drop(&mut self) {
         let pid = Pid::from_raw(self.process.id() as i32);
-        let _ = nix::sys::signal::killpg(pid, Signal::SIGKILL);
+        let _ = killpg(pid, Signal::SIGKILL);
         let _ = kill(pid, Signal::SIGKILL);
         let _ = self.process.wait();
     }
-}
-
-/// A free loopback port: bound once to learn it, then released.
-pub fn free_addr() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr")
 }

@@ -8,16 +8,17 @@
 //! process (`lameduck-ct-<pid>-...`) and removed by guards: pods and containers on drop, the
 //! images when the test process exits, pass or fail.
 
-use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use super::haproxy::free_addrs;
-use super::nginx::{SLOW_BYTES, SLOW_RATE};
-use super::wait_until;
+use crate::binaries::{static_build, workspace};
+use crate::network::free_addrs;
+use crate::process::{run, wait_until};
+use crate::scenario::{SLOW_BYTES, SLOW_RATE};
+use crate::temp::TempDir;
 
 /// Upper bound on any docker command but a build.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
@@ -35,43 +36,11 @@ fn run_prefix() -> String {
 
 /// `docker ARGS` within `timeout`: stdout and stderr, or an error that quotes both.
 fn docker_output(timeout: Duration, args: &[&str]) -> Result<(String, String), String> {
-    let shown = format!("docker {}", args.join(" "));
-    let mut child = Command::new("docker")
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot run `{shown}` (is the docker CLI installed?): {e}"))?;
-    // Read both pipes while docker runs, so a chatty build never blocks on a full pipe.
-    let read = |stream: Option<Box<dyn Read + Send>>| {
-        std::thread::spawn(move || {
-            let mut text = String::new();
-            if let Some(mut stream) = stream {
-                let _ = stream.read_to_string(&mut text);
-            }
-            text
-        })
-    };
-    let stdout = read(child.stdout.take().map(|s| Box::new(s) as _));
-    let stderr = read(child.stderr.take().map(|s| Box::new(s) as _));
-    let mut status = None;
-    let finished = wait_until(timeout, || {
-        status = child.try_wait().ok().flatten();
-        status.is_some()
-    });
-    if !finished {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    let stdout = stdout.join().unwrap_or_default();
-    let stderr = stderr.join().unwrap_or_default();
-    match status {
-        Some(status) if status.success() => Ok((stdout, stderr)),
-        Some(status) => Err(format!("`{shown}` failed ({status}):\n{stdout}{stderr}")),
-        None => Err(format!(
-            "`{shown}` took more than {timeout:?}:\n{stdout}{stderr}"
-        )),
+    let ran = run(Command::new("docker").args(args), b"", timeout);
+    if ran.ok() {
+        Ok((ran.stdout, ran.stderr))
+    } else {
+        Err(ran.describe())
     }
 }
 
@@ -93,32 +62,6 @@ fn require_docker() {
             "the container tests need a running Docker Engine and `docker info` failed; \
              they fail rather than skip, since CI has Docker:\n{e}"
         );
-    }
-}
-
-/// A folder under the temp dir, removed with everything in it on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    /// A fresh, empty folder named `label`.
-    fn new(label: &str) -> Self {
-        let path = std::env::temp_dir().join(label);
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).expect("temp dir");
-        TempDir(path)
-    }
-
-    /// A fresh, empty subfolder.
-    fn sub(&self, name: &str) -> PathBuf {
-        let path = self.0.join(name);
-        std::fs::create_dir_all(&path).expect("temp subdir");
-        path
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -198,9 +141,9 @@ impl Images {
             pause: tag("pause"),
             tags: Tags(Mutex::new(Vec::new())),
         };
-        let (lameduck, fixture) = super::static_build();
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let staging = TempDir::new(&format!("{prefix}-images"));
+        let (lameduck, fixture) = static_build();
+        let root = workspace();
+        let staging = TempDir::new("ct-images");
 
         // The build context holds the binary alone: cargo's output folder, which the
         // Dockerfile's comment names, holds hundreds of MB of build artefacts to send along.
@@ -314,23 +257,9 @@ ENTRYPOINT ["/lameduck", "--listen", "127.0.0.1:0", "--", \
               nginx:x:101:101:nginx:/nonexistent:/sbin/nologin\n",
         );
         put("/etc/group", b"root:x:0:\nnginx:x:101:\n");
-        // The official image's nginx.conf, with one worker to spare the test machine's cores.
         put(
             "/etc/nginx/nginx.conf",
-            b"user nginx;
-worker_processes 1;
-error_log /var/log/nginx/error.log notice;
-pid /run/nginx.pid;
-events { worker_connections 1024; }
-http {
-    include /etc/nginx/mime.types;
-    default_type application/octet-stream;
-    access_log /var/log/nginx/access.log;
-    sendfile on;
-    keepalive_timeout 65;
-    include /etc/nginx/conf.d/*.conf;
-}
-",
+            stock_nginx_conf("/run/nginx.pid", "").as_bytes(),
         );
         put(
             "/etc/nginx/conf.d/default.conf",
@@ -338,7 +267,7 @@ http {
                 "server {{
     listen 80;
     root /usr/share/nginx/html;
-    # As in tests/common/nginx.rs; without sendfile, which would send the file in one go
+    # As in the tests' own nginx; without sendfile, which would send the file in one go
     # and only then wait out the rate.
     location = /slow {{
         limit_rate {SLOW_RATE};
@@ -360,7 +289,7 @@ http {
             std::os::unix::fs::symlink(stream, rootfs.join("var/log/nginx").join(log))
                 .expect("log symlink");
         }
-        let tarball = staging.0.join("nginx-rootfs.tar");
+        let tarball = staging.path().join("nginx-rootfs.tar");
         let tar = Command::new("tar")
             .arg("-C")
             .arg(&rootfs)
@@ -389,6 +318,27 @@ http {
             panic!("cannot import the nginx base: {e}");
         }
     }
+}
+
+/// The official nginx image's nginx.conf, with one worker to spare the test machine's cores,
+/// its pid file at `pid` and `main` added to its main context (a ConfigMap's changes to it).
+pub fn stock_nginx_conf(pid: &str, main: &str) -> String {
+    format!(
+        "user nginx;
+worker_processes 1;
+error_log /var/log/nginx/error.log notice;
+pid {pid};
+{main}events {{ worker_connections 1024; }}
+http {{
+    include /etc/nginx/mime.types;
+    default_type application/octet-stream;
+    access_log /var/log/nginx/access.log;
+    sendfile on;
+    keepalive_timeout 65;
+    include /etc/nginx/conf.d/*.conf;
+}}
+"
+    )
 }
 
 /// What a container is in its pod.
@@ -695,7 +645,7 @@ impl PodSpec {
             containers: Vec::new(),
             pause: None,
             volumes: Vec::new(),
-            files: TempDir::new(&prefix),
+            files: TempDir::new(&format!("ct-{}", self.name)),
             ports: Vec::new(),
             prefix,
         };
@@ -825,7 +775,7 @@ impl Pod {
                     format!("type=volume,src={source},dst={path},volume-nocopy{ro}")
                 }
                 Mount::ConfigFile { path, contents } => {
-                    let file = self.files.0.join(format!("{}-{index}", spec.name));
+                    let file = self.files.path().join(format!("{}-{index}", spec.name));
                     std::fs::write(&file, contents).expect("config file");
                     format!("type=bind,src={},dst={path},readonly", file.display())
                 }

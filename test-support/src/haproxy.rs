@@ -5,17 +5,17 @@
 //! servers it sees UP. In TCP mode (`start_tcp`) it stands for kube-proxy instead: connections
 //! pinned to the backend they were opened to, and a server taken out by the runtime API
 //! (`take_out`) or, when asked for, by health checks, either way leaving its established
-//! connections alone. Also hands out the loopback addresses the scenarios listen on. Like
-//! nginx.rs it needs only std and the parent module's `wait_until`, so the benchmark
-//! (benches/zero_downtime/driver.rs) includes it too.
+//! connections alone.
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+
+use crate::process::wait_until;
+use crate::temp::TempDir;
 
 /// The name of the HAProxy backend (the "Service") holding every server.
 const BACKEND: &str = "pods";
@@ -29,6 +29,17 @@ pub struct Server {
     pub addr: SocketAddr,
     /// Where the health check goes (lameduck's endpoints, or nginx itself).
     pub check: SocketAddr,
+}
+
+impl Server {
+    /// `name` at `addr`, checked on `check`.
+    pub fn new(name: &str, addr: SocketAddr, check: SocketAddr) -> Self {
+        Server {
+            name: name.into(),
+            addr,
+            check,
+        }
+    }
 }
 
 /// How HAProxy health-checks each server: every `inter`, `fall` failures in a row take a server
@@ -60,8 +71,11 @@ impl Default for Checks {
 pub struct Haproxy {
     /// Where clients connect.
     pub addr: SocketAddr,
-    dir: PathBuf,
+    /// The names of the servers behind it.
+    servers: Vec<String>,
     process: Child,
+    /// Dropped after `process`, so HAProxy is gone before its folder is.
+    dir: TempDir,
 }
 
 impl Haproxy {
@@ -91,56 +105,23 @@ impl Haproxy {
         servers: &[Server],
         checks: Checks,
     ) -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "lameduck-haproxy-{label}-{}-{}",
-            std::process::id(),
-            listen.port()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("haproxy dir");
-        let d = dir.display();
-        let mut config = format!(
-            "global
-    nbthread 1
-    maxconn 2000
-    stats socket {d}/admin.sock mode 600 level admin
-    log stderr format raw local0 info
-defaults
-    mode http
-    log global
+        let http = "    mode http
     option httplog
-    retries 0
-    timeout connect 1s
     timeout client 10s
     timeout server 10s
     timeout http-request 5s
     timeout http-keep-alive 10s
-    timeout check 1s
-frontend front
-    bind {listen}
-    default_backend {BACKEND}
-backend {BACKEND}
-    balance roundrobin
-    http-reuse safe
-    option httpchk GET {check_path}
-    http-check expect status 200
+";
+        let backend = "    http-reuse safe
     http-response set-header X-Served-By %s
-    default-server inter {inter}ms fall {fall} rise {rise}
-",
-            inter = checks.inter.as_millis(),
-            fall = checks.fall,
-            rise = checks.rise,
-        );
-        for server in servers {
-            config.push_str(&format!(
-                "    server {} {} check addr {} port {}\n",
-                server.name,
-                server.addr,
-                server.check.ip(),
-                server.check.port()
-            ));
-        }
-        Haproxy::run(dir, listen, config)
+";
+        Haproxy::run(
+            label,
+            listen,
+            (http, backend),
+            Some((check_path, checks)),
+            servers,
+        )
     }
 
     /// Starts HAProxy in TCP mode on `listen` over `servers`, as kube-proxy balances a Service:
@@ -154,60 +135,13 @@ backend {BACKEND}
         check_path: Option<&str>,
         servers: &[Server],
     ) -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "lameduck-haproxy-tcp-{label}-{}-{}",
-            std::process::id(),
-            listen.port()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("haproxy dir");
-        let d = dir.display();
-        let mut config = format!(
-            "global
-    nbthread 1
-    maxconn 2000
-    stats socket {d}/admin.sock mode 600 level admin
-    log stderr format raw local0 info
-defaults
-    mode tcp
-    log global
+        let tcp = "    mode tcp
     option tcplog
-    retries 0
-    timeout connect 1s
     timeout client 30s
     timeout server 30s
-    timeout check 1s
-frontend front
-    bind {listen}
-    default_backend {BACKEND}
-backend {BACKEND}
-    balance roundrobin
-"
-        );
-        if let Some(path) = check_path {
-            let checks = Checks::default();
-            config.push_str(&format!(
-                "    option httpchk GET {path}\n    http-check expect status 200\n    default-server inter {}ms fall {} rise {}\n",
-                checks.inter.as_millis(),
-                checks.fall,
-                checks.rise
-            ));
-        }
-        for server in servers {
-            let check = match check_path {
-                Some(_) => format!(
-                    " check addr {} port {}",
-                    server.check.ip(),
-                    server.check.port()
-                ),
-                None => String::new(),
-            };
-            config.push_str(&format!(
-                "    server {} {}{check}\n",
-                server.name, server.addr
-            ));
-        }
-        Haproxy::run(dir, listen, config)
+";
+        let checks = check_path.map(|path| (path, Checks::default()));
+        Haproxy::run(&format!("tcp-{label}"), listen, (tcp, ""), checks, servers)
     }
 
     /// Takes `server` out of rotation through the runtime API, as an endpoint update reaches
@@ -222,7 +156,7 @@ backend {BACKEND}
 
     /// Sends one runtime API command; returns the answer.
     fn command(&self, command: &str) -> Option<String> {
-        let mut socket = UnixStream::connect(self.dir.join("admin.sock")).ok()?;
+        let mut socket = UnixStream::connect(self.dir.path().join("admin.sock")).ok()?;
         socket.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
         socket.write_all(format!("{command}\n").as_bytes()).ok()?;
         let mut answer = String::new();
@@ -230,11 +164,63 @@ backend {BACKEND}
         Some(answer)
     }
 
-    /// Runs HAProxy on the config written into `dir`, until its stats socket answers.
-    fn run(dir: PathBuf, listen: SocketAddr, config: String) -> Self {
-        let config_path = dir.join("haproxy.cfg");
+    /// Writes the config, the mode's own lines (`defaults`, `backend`) between the ones every
+    /// mode shares, runs HAProxy on it and waits until its stats socket answers.
+    fn run(
+        label: &str,
+        listen: SocketAddr,
+        (defaults, backend): (&str, &str),
+        checks: Option<(&str, Checks)>,
+        servers: &[Server],
+    ) -> Self {
+        let dir = TempDir::new(&format!("haproxy-{label}-{}", listen.port()));
+        let d = dir.path().display();
+        let mut config = format!(
+            "global
+    nbthread 1
+    maxconn 2000
+    stats socket {d}/admin.sock mode 600 level admin
+    log stderr format raw local0 info
+defaults
+    log global
+    retries 0
+    timeout connect 1s
+    timeout check 1s
+{defaults}frontend front
+    bind {listen}
+    default_backend {BACKEND}
+backend {BACKEND}
+    balance roundrobin
+{backend}"
+        );
+        if let Some((path, checks)) = checks {
+            config.push_str(&format!(
+                "    option httpchk GET {path}
+    http-check expect status 200
+    default-server inter {}ms fall {} rise {}
+",
+                checks.inter.as_millis(),
+                checks.fall,
+                checks.rise
+            ));
+        }
+        for server in servers {
+            let check = match checks {
+                Some(_) => format!(
+                    " check addr {} port {}",
+                    server.check.ip(),
+                    server.check.port()
+                ),
+                None => String::new(),
+            };
+            config.push_str(&format!(
+                "    server {} {}{check}\n",
+                server.name, server.addr
+            ));
+        }
+        let config_path = dir.path().join("haproxy.cfg");
         std::fs::write(&config_path, config).expect("haproxy.cfg");
-        let log = File::create(dir.join("haproxy.log")).expect("haproxy.log");
+        let log = File::create(dir.path().join("haproxy.log")).expect("haproxy.log");
         let process = Command::new("haproxy")
             .arg("-db")
             .arg("-f")
@@ -246,11 +232,12 @@ backend {BACKEND}
             .expect("start haproxy (is it installed?)");
         let haproxy = Haproxy {
             addr: listen,
-            dir,
+            servers: servers.iter().map(|s| s.name.clone()).collect(),
             process,
+            dir,
         };
         assert!(
-            super::wait_until(Duration::from_secs(10), || haproxy.states().is_some()),
+            wait_until(Duration::from_secs(10), || haproxy.states().is_some()),
             "haproxy did not start on {listen}:\n{}",
             haproxy.log()
         );
@@ -276,7 +263,7 @@ backend {BACKEND}
 
     /// Waits until each named server has exactly the given status (`UP` or `DOWN`).
     pub fn wait_for(&self, expected: &[(&str, &str)], timeout: Duration) -> bool {
-        super::wait_until(timeout, || {
+        wait_until(timeout, || {
             let Some(states) = self.states() else {
                 return false;
             };
@@ -288,9 +275,25 @@ backend {BACKEND}
         })
     }
 
+    /// `wait_for`, failing the test with what HAProxy sees and logged when it times out.
+    pub fn expect_states(&self, expected: &[(&str, &str)], timeout: Duration) {
+        assert!(
+            self.wait_for(expected, timeout),
+            "waiting for {expected:?}: {:?}\n{}",
+            self.states(),
+            self.log_tail(40)
+        );
+    }
+
+    /// `expect_states` with every server UP: the balancer sees each pod ready.
+    pub fn expect_all_up(&self, timeout: Duration) {
+        let up: Vec<(&str, &str)> = self.servers.iter().map(|s| (s.as_str(), "UP")).collect();
+        self.expect_states(&up, timeout);
+    }
+
     /// Everything HAProxy logged: its warnings, every request, every server state change.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("haproxy.log")).unwrap_or_default()
+        std::fs::read_to_string(self.dir.path().join("haproxy.log")).unwrap_or_default()
     }
 
     /// The last `lines` lines of the log, for a failed assertion.
@@ -305,23 +308,5 @@ impl Drop for Haproxy {
     fn drop(&mut self) {
         let _ = self.process.kill();
         let _ = self.process.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-/// `count` distinct free ports on `ip`, a loopback address other than 127.0.0.1, held together
-/// while they are picked so none is handed out twice.
-///
-/// Not 127.0.0.1: every outgoing loopback connection (load, proxying, health checks) takes an
-/// ephemeral port on 127.0.0.1, and a server started later on such a port fails to bind. A
-/// scenario gives its servers their own address (one per test) so no connection can hold their
-/// ports, and so tests running in parallel never pick the same one.
-pub fn free_addrs(ip: Ipv4Addr, count: usize) -> Vec<SocketAddr> {
-    let listeners: Vec<TcpListener> = (0..count)
-        .map(|_| TcpListener::bind((IpAddr::V4(ip), 0)).expect("bind a free port"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().expect("local addr"))
-        .collect()
 }
