@@ -4,49 +4,26 @@
 //! reached on a loopback port docker publishes, until `docker stop`. Needs Docker: without it
 //! these tests fail, they do not skip.
 
-mod common;
-
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
+use lameduck_test_support::binaries::workspace;
+use lameduck_test_support::process::{Ran, run};
+use lameduck_test_support::webhook::{Ca, Client, SecretVolume};
 use serde_json::{Value, json};
 
-use common::webhook::{Ca, Client, SecretVolume, scratch};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the workspace root")
-        .to_owned()
-}
-
-fn run(program: &str, args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = Command::new(program)
+/// Runs `program ARGS` in the workspace root with `stdin` on its standard input; a build gets
+/// its own RUSTFLAGS, not the test run's.
+fn in_workspace(program: &str, args: &[&str], stdin: &[u8]) -> Ran {
+    let mut command = Command::new(program);
+    command
         .args(args)
-        .current_dir(root())
-        .env_remove("RUSTFLAGS")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
-    let mut input = child.stdin.take().unwrap();
-    input.write_all(stdin).unwrap();
-    drop(input);
-    child.wait_with_output().unwrap()
-}
-
-fn describe(output: &Output) -> String {
-    format!(
-        "{}\nstdout:\n{}\nstderr:\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
+        .current_dir(workspace())
+        .env_remove("RUSTFLAGS");
+    run(&mut command, stdin, Duration::from_secs(600))
 }
 
 /// The image's tag, removed when the test ends however it ends.
@@ -54,7 +31,7 @@ struct Image(String);
 
 impl Drop for Image {
     fn drop(&mut self) {
-        let _ = run("docker", &["rmi", "-f", &self.0], b"");
+        let _ = in_workspace("docker", &["rmi", "-f", &self.0], b"");
     }
 }
 
@@ -63,11 +40,11 @@ impl Drop for Image {
 fn image(test: &str) -> Image {
     static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
     let built = BUILT.get_or_init(|| {
-        let built = run("scripts/build-static.sh", &["kubectl-lameduck"], b"");
-        if built.status.success() {
+        let built = in_workspace("scripts/build-static.sh", &["kubectl-lameduck"], b"");
+        if built.ok() {
             Ok(())
         } else {
-            Err(describe(&built))
+            Err(built.describe())
         }
     });
     if let Err(failed) = built {
@@ -77,7 +54,7 @@ fn image(test: &str) -> Image {
         "kubectl-lameduck-it-{test}-{}:test",
         std::process::id()
     ));
-    let docker_built = run(
+    let docker_built = in_workspace(
         "docker",
         &[
             "build",
@@ -91,14 +68,14 @@ fn image(test: &str) -> Image {
         ],
         b"",
     );
-    assert!(docker_built.status.success(), "{}", describe(&docker_built));
+    assert!(docker_built.ok(), "{}", docker_built.describe());
     image
 }
 
 #[test]
 fn the_scratch_image_lints_the_examples_without_network_or_root() {
     let image = image("lint");
-    let examples = root().join("examples");
+    let examples = workspace().join("examples");
     let mount = format!("{}:/examples:ro", examples.display());
     let mut args = vec![
         "run",
@@ -118,8 +95,8 @@ fn the_scratch_image_lints_the_examples_without_network_or_root() {
         .collect();
     assert!(!files.is_empty(), "no manifests in {}", examples.display());
     args.extend(files.iter().map(String::as_str));
-    let linted = run("docker", &args, b"");
-    assert!(linted.status.success(), "{}", describe(&linted));
+    let linted = in_workspace("docker", &args, b"");
+    assert!(linted.ok(), "{}", linted.describe());
 
     // A shutdown delay longer than the default grace period of 30s: lint says error.
     let bad = b"{kind: Pod, metadata: {name: p}, spec: {containers: [{name: a, image: nginx, \
@@ -134,15 +111,15 @@ fn the_scratch_image_lints_the_examples_without_network_or_root() {
         "lint",
         "-",
     ];
-    let refused = run("docker", &args, bad);
-    assert_eq!(refused.status.code(), Some(1), "{}", describe(&refused));
+    let refused = in_workspace("docker", &args, bad);
+    assert_eq!(refused.code, Some(1), "{}", refused.describe());
 
-    let user = run(
+    let user = in_workspace(
         "docker",
         &["image", "inspect", "--format", "{{.Config.User}}", &image.0],
         b"",
     );
-    assert_eq!(String::from_utf8_lossy(&user.stdout).trim(), "65532:65532");
+    assert_eq!(user.stdout.trim(), "65532:65532", "{}", user.describe());
 }
 
 /// The webhook, run from the image as the example Deployment runs it (non-root, read-only
@@ -155,8 +132,8 @@ struct Served {
 
 impl Served {
     fn start(image: &Image, volume: &SecretVolume) -> Served {
-        let mount = format!("{}:/tls:ro", volume.dir.display());
-        let started = run(
+        let mount = format!("{}:/tls:ro", volume.dir().display());
+        let started = in_workspace(
             "docker",
             &[
                 "run",
@@ -177,8 +154,8 @@ impl Served {
             ],
             b"",
         );
-        assert!(started.status.success(), "{}", describe(&started));
-        let id = String::from_utf8_lossy(&started.stdout).trim().to_owned();
+        assert!(started.ok(), "{}", started.describe());
+        let id = started.stdout.trim().to_owned();
         let mut served = Served {
             id,
             addr: ([127, 0, 0, 1], 0).into(),
@@ -194,9 +171,9 @@ impl Served {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        let port = run("docker", &["port", &served.id, "8443/tcp"], b"");
-        assert!(port.status.success(), "{}", describe(&port));
-        let published = String::from_utf8_lossy(&port.stdout);
+        let port = in_workspace("docker", &["port", &served.id, "8443/tcp"], b"");
+        assert!(port.ok(), "{}", port.describe());
+        let published = port.stdout;
         served.addr = published
             .lines()
             .find_map(|line| line.trim().parse().ok())
@@ -206,14 +183,13 @@ impl Served {
 
     /// What the webhook wrote (its JSON log, on stderr).
     fn logs(&self) -> String {
-        let logs = run("docker", &["logs", &self.id], b"");
-        String::from_utf8_lossy(&logs.stderr).into_owned()
+        in_workspace("docker", &["logs", &self.id], b"").stderr
     }
 }
 
 impl Drop for Served {
     fn drop(&mut self) {
-        let _ = run("docker", &["rm", "-f", &self.id], b"");
+        let _ = in_workspace("docker", &["rm", "-f", &self.id], b"");
     }
 }
 
@@ -246,8 +222,8 @@ fn admit(rt: &tokio::runtime::Runtime, client: &mut Client, review: &Value) -> V
 #[test]
 fn the_image_s_webhook_answers_a_review_over_tls_with_inject_s_patch() {
     let image = image("webhook");
-    let ca = Ca::new();
-    let volume = SecretVolume::new(&scratch("image-webhook-tls"), &ca.serving());
+    let ca = Ca::generate();
+    let volume = SecretVolume::new("image-webhook-tls", &ca.serving());
     let served = Served::start(&image, &volume);
 
     let rt = runtime();
@@ -276,9 +252,9 @@ fn the_image_s_webhook_answers_a_review_over_tls_with_inject_s_patch() {
         "inject",
         "-",
     ];
-    let injected = run("docker", &args, pod_text.as_bytes());
-    assert!(injected.status.success(), "{}", describe(&injected));
-    let injected: Value = serde_json::from_slice(&injected.stdout).unwrap();
+    let injected = in_workspace("docker", &args, pod_text.as_bytes());
+    assert!(injected.ok(), "{}", injected.describe());
+    let injected: Value = serde_json::from_str(&injected.stdout).unwrap();
     assert_eq!(pod, injected, "the webhook's pod differs from inject's");
     let wrapper = &pod["spec"]["containers"][0]["command"][0];
     assert_eq!(wrapper, &json!("/opt/lameduck/lameduck"), "{pod}");
@@ -287,8 +263,8 @@ fn the_image_s_webhook_answers_a_review_over_tls_with_inject_s_patch() {
 #[test]
 fn docker_stop_ends_the_image_s_webhook_with_exit_0_within_its_grace() {
     let image = image("webhook-stop");
-    let ca = Ca::new();
-    let volume = SecretVolume::new(&scratch("image-webhook-stop-tls"), &ca.serving());
+    let ca = Ca::generate();
+    let volume = SecretVolume::new("image-webhook-stop-tls", &ca.serving());
     let served = Served::start(&image, &volume);
 
     // A connection kept alive after its review, as the API server keeps them, stays open
@@ -301,10 +277,10 @@ fn docker_stop_ends_the_image_s_webhook_with_exit_0_within_its_grace() {
 
     // SIGTERM, then SIGKILL after docker's default 10s; killed, the exit code would be 137.
     let began = Instant::now();
-    let stopped = run("docker", &["stop", &served.id], b"");
+    let stopped = in_workspace("docker", &["stop", &served.id], b"");
     let took = began.elapsed();
-    assert!(stopped.status.success(), "{}", describe(&stopped));
-    let state = run(
+    assert!(stopped.ok(), "{}", stopped.describe());
+    let state = in_workspace(
         "docker",
         &[
             "inspect",
@@ -316,7 +292,7 @@ fn docker_stop_ends_the_image_s_webhook_with_exit_0_within_its_grace() {
     );
     let logs = served.logs();
     assert_eq!(
-        String::from_utf8_lossy(&state.stdout).trim(),
+        state.stdout.trim(),
         "0 false",
         "docker stop took {took:?}\n{logs}"
     );

@@ -4,10 +4,11 @@
 //! examples.
 
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
+use std::time::Duration;
 
+use lameduck_test_support::process::{Ran, run};
 use serde_json::Value;
 
 const PLUGIN: &str = env!("CARGO_BIN_EXE_kubectl-lameduck");
@@ -125,36 +126,11 @@ spec:
     matchLabels: {app: installed}
 "#;
 
-/// What a lint run left.
-struct Ran {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
 /// Runs `kubectl-lameduck lint ARGS` in the repository root, with `stdin` on its standard input.
-fn lint(args: &[&str], stdin: &str) -> Ran {
-    let mut child = Command::new(PLUGIN)
-        .arg("lint")
-        .args(args)
-        .current_dir(ROOT)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("kubectl-lameduck starts");
-    // A lint that never reads stdin may close it first; that is not a failure here.
-    let _ = child
-        .stdin
-        .take()
-        .expect("stdin is piped")
-        .write_all(stdin.as_bytes());
-    let output = child.wait_with_output().expect("kubectl-lameduck finishes");
-    Ran {
-        code: output.status.code(),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
+fn lint(args: &[&str], stdin: impl AsRef<[u8]>) -> Ran {
+    let mut command = Command::new(PLUGIN);
+    command.arg("lint").args(args).current_dir(ROOT);
+    run(&mut command, stdin.as_ref(), Duration::from_secs(60))
 }
 
 /// The findings of a `--format json` run, which must parse as a JSON array.
@@ -456,22 +432,10 @@ fn invalid_yaml_exits_2_with_file_and_line() {
 
 #[test]
 fn text_that_is_not_utf8_exits_2_with_its_line() {
-    let mut child = Command::new(PLUGIN)
-        .args(["lint", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("kubectl-lameduck starts");
-    let _ = child
-        .stdin
-        .take()
-        .expect("stdin is piped")
-        .write_all(b"a: 1\nb: \xff\n");
-    let output = child.wait_with_output().expect("kubectl-lameduck finishes");
-    assert_eq!(output.status.code(), Some(2));
+    let ran = lint(&["-"], b"a: 1\nb: \xff\n");
+    assert_eq!(ran.code, Some(2));
     assert_eq!(
-        String::from_utf8_lossy(&output.stderr),
+        ran.stderr,
         "kubectl-lameduck: lint: <stdin>:2: not UTF-8 text\n"
     );
 }
@@ -550,7 +514,7 @@ fn wrapped(image: &str, flags: &str, command: &str) -> String {
 
 /// The rules a wrapped pod provokes.
 fn rules_of(image: &str, flags: &str, command: &str) -> BTreeSet<String> {
-    let ran = lint(&["--format", "json", "-"], &wrapped(image, flags, command));
+    let ran = lint(&["--format", "json", "-"], wrapped(image, flags, command));
     findings(&ran)
         .iter()
         .filter_map(|f| f["rule"].as_str().map(str::to_owned))
@@ -576,7 +540,7 @@ fn each_known_server_wants_its_own_graceful_signal() {
             "{image} with {graceful}"
         );
         let flags = format!("--stop-signal, {fast},");
-        let ran = lint(&["--format", "json", "-"], &wrapped(image, &flags, command));
+        let ran = lint(&["--format", "json", "-"], wrapped(image, &flags, command));
         let list = findings(&ran);
         assert_eq!(list.len(), 1, "{image} with {fast}: {}", ran.stdout);
         assert_eq!(list[0]["rule"], "stop-signal");
@@ -605,7 +569,7 @@ fn lifecycle_stop_signal_reaches_the_wrapper_not_the_server() {
 fn a_signal_that_stops_nothing_is_named_so() {
     let ran = lint(
         &["--format", "json", "-"],
-        &wrapped("nginx:1.27", "--stop-signal, USR1,", "nginx"),
+        wrapped("nginx:1.27", "--stop-signal, USR1,", "nginx"),
     );
     let message = findings(&ran)[0]["message"]
         .as_str()
@@ -745,7 +709,7 @@ fn the_sidecar_s_listen_variable_does_not_reach_the_app_s_hook() {
 
 #[test]
 fn a_hook_flag_lameduck_prestop_refuses_is_flag_invalid() {
-    let ran = lint(&["--format", "json", "-"], &beside("", 8099, ", --bogus"));
+    let ran = lint(&["--format", "json", "-"], beside("", 8099, ", --bogus"));
     let list = findings(&ran);
     assert_eq!(list.len(), 1, "{}", ran.stdout);
     assert_eq!(list[0]["rule"], "flag-invalid", "{}", ran.stdout);

@@ -2,17 +2,19 @@
 //! certificate made here, reviews sent by a client that verifies it, bodies taken from the
 //! Kubernetes documentation's AdmissionReview and from pods as the API server hands them over.
 
-mod common;
-
 use std::path::Path;
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
+use lameduck_test_support::binaries::plugin;
+use lameduck_test_support::kubernetes::{self, NEWEST, OLDEST_WITH_NATIVE_SIDECARS};
+use lameduck_test_support::process::{Ran, run};
+use lameduck_test_support::temp::TempDir;
+use lameduck_test_support::webhook::{Ca, Client, SecretVolume, Webhook};
 use serde_json::{Value, json};
-
-use common::webhook::{Ca, Client, PLUGIN, SecretVolume, Webhook, scratch};
 
 const ADMISSION: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/admission");
 
@@ -48,9 +50,9 @@ fn setup(name: &str) -> Setup {
 
 /// A webhook started with more flags.
 fn setup_with(name: &str, flags: &[&str]) -> Setup {
-    let ca = Ca::new();
-    let volume = SecretVolume::new(&scratch(name), &ca.serving());
-    let webhook = Webhook::start(&volume.cert(), &volume.key(), flags);
+    let ca = Ca::generate();
+    let volume = SecretVolume::new(name, &ca.serving());
+    let webhook = Webhook::start(&plugin(), &volume.cert(), &volume.key(), flags);
     Setup {
         ca,
         volume,
@@ -69,6 +71,18 @@ impl Setup {
     fn client(&self, rt: &tokio::runtime::Runtime) -> Client {
         rt.block_on(Client::connect(self.webhook.addr, &self.ca.cert))
             .unwrap()
+    }
+
+    /// The webhook logged that it refused `review`.
+    fn assert_logged_refusal(&self, review: &Value) {
+        let logged = self
+            .webhook
+            .logged(|line| line["outcome"] == "refused" && line["uid"] == review["request"]["uid"]);
+        assert!(
+            logged,
+            "no log line for the refusal: {:?}",
+            self.webhook.log()
+        );
     }
 
     /// POSTs one review on a fresh connection; the AdmissionReview answer, checked for its uid.
@@ -159,14 +173,7 @@ fn an_unknown_annotation_value_admits_the_pod_unchanged_with_a_warning() {
     assert_unchanged(&response);
     let warning = response["warnings"][0].as_str().unwrap_or_default();
     assert!(warning.contains("lameduck.io/inject"), "{response}");
-    let logged = setup
-        .webhook
-        .logged(|line| line["outcome"] == "refused" && line["uid"] == review["request"]["uid"]);
-    assert!(
-        logged,
-        "no log line for the refusal: {:?}",
-        setup.webhook.log()
-    );
+    setup.assert_logged_refusal(&review);
 }
 
 // =============================================================================================
@@ -272,22 +279,24 @@ fn sigterm_stops_the_webhook_with_exit_0() {
 
 #[test]
 fn a_key_that_does_not_match_the_certificate_exits_2_with_one_line() {
-    let ca = Ca::new();
+    let ca = Ca::generate();
     let (one, other) = (ca.serving(), ca.serving());
-    let dir = scratch("webhook-mismatch");
-    std::fs::write(dir.join("tls.crt"), &one.cert_pem).unwrap();
-    std::fs::write(dir.join("tls.key"), &other.key_pem).unwrap();
-    let output = std::process::Command::new(PLUGIN)
-        .arg("webhook")
-        .arg("--tls-cert")
-        .arg(dir.join("tls.crt"))
-        .arg("--tls-key")
-        .arg(dir.join("tls.key"))
-        .args(["--listen", "127.0.0.1:0"])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    let dir = TempDir::new("webhook-mismatch");
+    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    std::fs::write(&cert, &one.cert_pem).unwrap();
+    std::fs::write(&key, &other.key_pem).unwrap();
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let ran = run_plugin(&[
+        "webhook",
+        "--tls-cert",
+        cert,
+        "--tls-key",
+        key,
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    let stderr = ran.stderr;
+    assert_eq!(ran.code, Some(2), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(
         stderr.starts_with("kubectl-lameduck: webhook: "),
@@ -303,7 +312,7 @@ fn a_key_that_does_not_match_the_certificate_exits_2_with_one_line() {
 #[test]
 fn a_rotated_certificate_is_served_to_new_connections_and_no_review_fails() {
     let mut setup = setup("webhook-rotation");
-    let old = setup.volume.dir.join("..1/tls.crt");
+    let old = setup.volume.dir().join("..1/tls.crt");
     assert!(old.exists());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -401,17 +410,12 @@ fn a_new_certificate_with_the_old_key_is_not_served() {
 // The patch is inject's
 // =============================================================================================
 
-/// Runs the built plugin with `args`; (exit code, stdout, stderr).
-fn plugin(args: &[&str]) -> (Option<i32>, String, String) {
-    let output = std::process::Command::new(PLUGIN)
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    (
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
+/// Runs the built plugin with `args` to its end.
+fn run_plugin(args: &[&str]) -> Ran {
+    run(
+        Command::new(plugin()).args(args),
+        b"",
+        Duration::from_secs(60),
     )
 }
 
@@ -423,22 +427,28 @@ fn patched(review: &Value, response: &Value) -> Value {
     pod
 }
 
-/// Asserts the patched pod is what `kubectl lameduck inject` makes of the same pod, that it
-/// passes Kubernetes' schemas (1.29 and 1.37, strict) and that lint finds nothing wrong.
-fn assert_is_injects_own(name: &str, review: &Value, pod: &Value) {
-    assert_is_injects_own_with(name, review, pod, &[]);
+/// Sends `review` to `path` of a webhook started with the setting flags `settings`, and
+/// returns the pod its patch makes, once asserted to be what `kubectl lameduck inject
+/// SETTINGS` makes of the same pod, to pass Kubernetes' schemas (1.29 and 1.37, strict) and to
+/// lint with nothing wrong.
+fn injected_by_webhook(name: &str, settings: &[&str], path: &str, review: &Value) -> Value {
+    let setup = setup_with(name, settings);
+    let response = setup.review(path, review);
+    let pod = patched(review, &response);
+    assert_is_injects_own(name, review, &pod, settings);
+    pod
 }
 
-/// The same, against inject run with the setting flags `settings`.
-fn assert_is_injects_own_with(name: &str, review: &Value, pod: &Value, settings: &[&str]) {
-    let dir = scratch(name);
-    let original = dir.join("pod.json");
+/// The patched `pod` is inject's own (see `injected_by_webhook`).
+fn assert_is_injects_own(name: &str, review: &Value, pod: &Value, settings: &[&str]) {
+    let dir = TempDir::new(&format!("{name}-pod"));
+    let original = dir.path().join("pod.json");
     std::fs::write(&original, review["request"]["object"].to_string()).unwrap();
     let mut args = vec!["inject", original.to_str().unwrap()];
     args.extend_from_slice(settings);
-    let (code, stdout, stderr) = plugin(&args);
-    assert_eq!(code, Some(0), "inject failed: {stderr}");
-    let injected: Value = serde_json::from_str(&stdout).unwrap();
+    let ran = run_plugin(&args);
+    assert!(ran.ok(), "inject failed: {}", ran.describe());
+    let injected: Value = serde_json::from_str(&ran.stdout).unwrap();
     assert_eq!(pod, &injected, "the webhook's pod differs from inject's");
 
     // The API server names a generateName pod after admission; the schema wants the name.
@@ -448,60 +458,45 @@ fn assert_is_injects_own_with(name: &str, review: &Value, pod: &Value, settings:
         pod["metadata"]["generateName"].as_str().unwrap_or("pod-")
     );
     stored["metadata"]["name"] = json!(generated);
-    let result = dir.join("patched.json");
+    let result = dir.path().join("patched.json");
     std::fs::write(&result, stored.to_string()).unwrap();
-    for version in ["1.29.0", "1.37.0"] {
-        let output = std::process::Command::new("python3")
-            .args([
-                "-m",
-                "kubernetes_validate",
-                "--strict",
-                "--kubernetes-version",
-                version,
-            ])
-            .arg(&result)
-            .output()
-            .expect("python3 -m kubernetes_validate (scripts/test.sh installs it)");
+    for version in [OLDEST_WITH_NATIVE_SIDECARS, NEWEST] {
+        let ran = kubernetes::validate(&[&result], version);
         assert!(
-            output.status.success(),
-            "Kubernetes {version} rejects the patched pod:\n{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
+            ran.ok(),
+            "Kubernetes {version} rejects the patched pod:\n{}",
+            ran.describe()
         );
     }
-    let (code, stdout, stderr) = plugin(&["lint", result.to_str().unwrap()]);
-    assert_eq!(
-        code,
-        Some(0),
-        "lint is not clean on the patched pod:\n{stdout}{stderr}"
+    let ran = run_plugin(&["lint", result.to_str().unwrap()]);
+    assert!(
+        ran.ok(),
+        "lint is not clean on the patched pod:\n{}",
+        ran.describe()
     );
 }
 
 #[test]
 fn a_pod_in_an_opted_in_namespace_gets_the_patch_that_makes_it_injects_pod() {
-    let setup = setup("webhook-namespace-opt-in");
     let review = pod_review("shop", |_| {});
-    let response = setup.review("/mutate", &review);
-    let pod = patched(&review, &response);
-    assert_is_injects_own("webhook-namespace-opt-in-pod", &review, &pod);
+    injected_by_webhook("webhook-namespace-opt-in", &[], "/mutate", &review);
 }
 
 #[test]
 fn a_pod_annotated_enabled_is_injected_outside_an_opted_in_namespace() {
-    let setup = setup("webhook-annotation-opt-in");
     let review = pod_review("shop", |pod| annotate(pod, "lameduck.io/inject", "enabled"));
-    let response = setup.review("/mutate/annotated", &review);
-    let pod = patched(&review, &response);
-    assert_is_injects_own("webhook-annotation-opt-in-pod", &review, &pod);
+    injected_by_webhook(
+        "webhook-annotation-opt-in",
+        &[],
+        "/mutate/annotated",
+        &review,
+    );
 }
 
 #[test]
 fn annotations_choose_the_shape_and_the_patch_follows() {
-    let setup = setup("webhook-annotated-shape");
     let review = pod_review("shop", |pod| annotate(pod, "lameduck.io/shape", "sidecar"));
-    let response = setup.review("/mutate", &review);
-    let pod = patched(&review, &response);
-    assert_is_injects_own("webhook-annotated-shape-pod", &review, &pod);
+    let pod = injected_by_webhook("webhook-annotated-shape", &[], "/mutate", &review);
     assert_eq!(pod["spec"]["shareProcessNamespace"], true, "{pod}");
 }
 
@@ -514,11 +509,8 @@ fn the_webhooks_setting_flags_mean_what_injects_same_flags_mean() {
         "--image=registry.example/lameduck:9",
         "--port=9100",
     ];
-    let setup = setup_with("webhook-setting-flags", &settings);
     let review = pod_review("shop", |_| {});
-    let response = setup.review("/mutate", &review);
-    let pod = patched(&review, &response);
-    assert_is_injects_own_with("webhook-setting-flags-pod", &review, &pod, &settings);
+    let pod = injected_by_webhook("webhook-setting-flags", &settings, "/mutate", &review);
     let text = pod.to_string();
     for wanted in ["registry.example/lameduck:9", "--shutdown-delay=7s", "9100"] {
         assert!(text.contains(wanted), "{wanted} is not in {text}");
@@ -542,14 +534,7 @@ fn a_pod_inject_refuses_is_admitted_unchanged_with_a_warning_and_a_log_line() {
         warning.contains("nginx"),
         "the warning names no container: {response}"
     );
-    let logged = setup
-        .webhook
-        .logged(|line| line["outcome"] == "refused" && line["uid"] == review["request"]["uid"]);
-    assert!(
-        logged,
-        "no log line for the refusal: {:?}",
-        setup.webhook.log()
-    );
+    setup.assert_logged_refusal(&review);
 }
 
 /// Pod-create reviews for the pods the Deployments in `examples/` create: they run lameduck.

@@ -3,8 +3,8 @@
 //! this is what runs it: the built binaries as PID 1 or subreaper (`process`, `binaries`), real
 //! servers (`nginx`, `apps`) behind real HAProxy (`haproxy`) under load (`load`), the scenarios
 //! built of them (`scenario`), addresses and network namespaces (`network`), real containers
-//! with the kubelet's part played against them (`docker`, `kubelet`), and Kubernetes' own
-//! schemas (`kubernetes`).
+//! with the kubelet's part played against them (`docker`, `kubelet`), Kubernetes' own schemas
+//! (`kubernetes`), and the admission webhook over real TLS (`webhook`, behind its feature).
 
 pub mod apps;
 pub mod binaries;
@@ -24,3 +24,5 @@ pub mod scenario;
 #[path = "../../kubectl-lameduck/src/servers.rs"]
 pub mod servers;
 pub mod temp;
+#[cfg(feature = "webhook")]
+pub mod webhook;

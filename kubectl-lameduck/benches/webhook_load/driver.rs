@@ -5,38 +5,20 @@
 //! load average, since on a shared machine latency is mostly waiting for a core. Run by
 //! benches/webhook.sh; a benchmark, not a test.
 
-#[path = "../../tests/common/webhook.rs"]
-mod webhook;
-
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use webhook::{Ca, Client, SecretVolume, Webhook, scratch};
+use lameduck_test_support::process::{cpu_time_ms, status_kib};
+use lameduck_test_support::webhook::{Ca, Client, SecretVolume, Webhook};
+use nix::unistd::Pid;
 
 const CONNECTIONS: usize = 20;
 const PER_CONNECTION_PER_SECOND: u64 = 50;
 const SECONDS: u64 = 10;
 
-fn peak_rss_kib(pid: i32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
-/// CPU time (user and system) a process has used, from /proc/PID/stat.
-fn cpu_seconds(pid: &str) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // The fields after the command's closing parenthesis; utime and stime are 14th and 15th.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or("", |(_, rest)| rest)
-        .split_whitespace()
-        .collect();
-    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
-    // USER_HZ is 100 on Linux.
-    ticks / 100.0
+/// CPU time (user and system) a process has used, in ms.
+fn cpu_ms(pid: Pid) -> f64 {
+    cpu_time_ms(pid).0
 }
 
 fn load_average() -> String {
@@ -49,9 +31,14 @@ fn load_average() -> String {
 }
 
 fn main() {
-    let ca = Ca::new();
-    let volume = SecretVolume::new(&scratch("webhook-bench"), &ca.serving());
-    let server = Webhook::start(&volume.cert(), &volume.key(), &[]);
+    // benches/webhook.sh names the release build it made.
+    let plugin = std::env::var_os("KUBECTL_LAMEDUCK").map_or_else(
+        || PathBuf::from("target/release/kubectl-lameduck"),
+        PathBuf::from,
+    );
+    let ca = Ca::generate();
+    let volume = SecretVolume::new("webhook-bench", &ca.serving());
+    let server = Webhook::start(&plugin, &volume.cert(), &volume.key(), &[]);
     let body = std::fs::read(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/admission/nginx-pod-create.json"
@@ -63,9 +50,9 @@ fn main() {
         .build()
         .unwrap();
     let (addr, cert) = (server.addr, ca.cert.clone());
-    let server_pid = server.pid().to_string();
+    let server_pid = Pid::from_raw(server.pid());
     let load_before = load_average();
-    let (server_cpu, own_cpu) = (cpu_seconds(&server_pid), cpu_seconds("self"));
+    let (server_cpu, own_cpu) = (cpu_ms(server_pid), cpu_ms(Pid::this()));
     let results = rt.block_on(async move {
         let mut tasks = Vec::new();
         for _ in 0..CONNECTIONS {
@@ -99,14 +86,14 @@ fn main() {
         }
         (all, failed)
     });
-    let server_cpu = cpu_seconds(&server_pid) - server_cpu;
-    let own_cpu = cpu_seconds("self") - own_cpu;
+    let server_cpu = cpu_ms(server_pid) - server_cpu;
+    let own_cpu = cpu_ms(Pid::this()) - own_cpu;
     let load_after = load_average();
     let (mut latencies, failed) = results;
     latencies.sort();
     let at = |q: f64| latencies[((latencies.len() as f64 - 1.0) * q) as usize];
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    let per_review = |cpu: f64| cpu * 1000.0 / latencies.len().max(1) as f64;
+    let per_review = |cpu_ms: f64| cpu_ms / latencies.len().max(1) as f64;
     println!(
         "| reviews | failed | rate/s | p50 ms | p99 ms | max ms | server peak RSS | server CPU/review | generator CPU/review | load average (1 min) |"
     );
@@ -118,7 +105,7 @@ fn main() {
         ms(at(0.50)),
         ms(at(0.99)),
         ms(*latencies.last().unwrap()),
-        peak_rss_kib(server.pid()),
+        status_kib(server_pid, "VmHWM").unwrap_or(0),
         per_review(server_cpu),
         per_review(own_cpu),
     );

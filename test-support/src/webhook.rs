@@ -1,8 +1,7 @@
-//! The webhook's test harness, shared by tests/webhook.rs and the load benchmark: a CA and
-//! serving certificates made with rcgen, the built `kubectl-lameduck webhook` started on a free
-//! loopback port, and an HTTPS client that verifies the server against that CA.
-
-#![allow(dead_code)]
+//! The admission webhook's harness, for the plugin's tests and its load benchmark (the
+//! `webhook` feature): a CA and serving certificates made with rcgen, laid out as the kubelet
+//! mounts a Secret, the built `kubectl-lameduck webhook` started on a free loopback port, and an
+//! HTTPS client that verifies the server against that CA.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -21,20 +20,10 @@ use rcgen::{
 };
 use rustls_pki_types::{CertificateDer, ServerName};
 
-/// The built plugin: cargo names it for tests; the benchmark gets it from benches/webhook.sh.
-pub const PLUGIN: &str = match option_env!("CARGO_BIN_EXE_kubectl-lameduck") {
-    Some(path) => path,
-    None => match option_env!("KUBECTL_LAMEDUCK") {
-        Some(path) => path,
-        None => "target/release/kubectl-lameduck",
-    },
-};
-pub const TMP: &str = match option_env!("CARGO_TARGET_TMPDIR") {
-    Some(dir) => dir,
-    None => "/tmp",
-};
+use crate::temp::TempDir;
+
 /// The name the client asks for; the serving certificates carry it with the Service's name.
-pub const SERVER_NAME: &str = "lameduck-webhook.lameduck.svc";
+const SERVER_NAME: &str = "lameduck-webhook.lameduck.svc";
 
 /// A certificate authority, as cert-manager's Issuer would be.
 pub struct Ca {
@@ -50,7 +39,8 @@ pub struct Serving {
 }
 
 impl Ca {
-    pub fn new() -> Ca {
+    /// A fresh CA with a new key.
+    pub fn generate() -> Ca {
         let mut params = CertificateParams::new(Vec::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
@@ -78,40 +68,39 @@ impl Ca {
     }
 }
 
-/// A fresh empty folder under the target's temporary directory.
-pub fn scratch(name: &str) -> PathBuf {
-    let dir = Path::new(TMP).join(format!("{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// A Secret volume as the kubelet lays it out: `tls.crt` and `tls.key` are symlinks into
-/// `..data`, itself a symlink to a timestamped folder that an update replaces in one rename.
+/// A Secret volume as the kubelet lays it out, in a temp dir named `label`: `tls.crt` and
+/// `tls.key` are symlinks into `..data`, itself a symlink to a timestamped folder that an update
+/// replaces in one rename.
 pub struct SecretVolume {
-    pub dir: PathBuf,
+    dir: TempDir,
     generation: u32,
 }
 
 impl SecretVolume {
-    pub fn new(dir: &Path, pair: &Serving) -> SecretVolume {
+    pub fn new(label: &str, pair: &Serving) -> SecretVolume {
         let mut volume = SecretVolume {
-            dir: dir.to_owned(),
+            dir: TempDir::new(label),
             generation: 0,
         };
         volume.update(pair);
         for name in ["tls.crt", "tls.key"] {
-            std::os::unix::fs::symlink(format!("..data/{name}"), dir.join(name)).unwrap();
+            std::os::unix::fs::symlink(format!("..data/{name}"), volume.dir.path().join(name))
+                .unwrap();
         }
         volume
     }
 
+    /// The volume's folder, where the kubelet would mount it.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
     pub fn cert(&self) -> PathBuf {
-        self.dir.join("tls.crt")
+        self.dir.path().join("tls.crt")
     }
 
     pub fn key(&self) -> PathBuf {
-        self.dir.join("tls.key")
+        self.dir.path().join("tls.key")
     }
 
     /// Writes the pair into a new folder and swaps `..data` to it atomically, as the kubelet
@@ -119,14 +108,15 @@ impl SecretVolume {
     pub fn update(&mut self, pair: &Serving) {
         self.generation += 1;
         let folder = format!("..{}", self.generation);
-        let data = self.dir.join(&folder);
+        let dir = self.dir.path();
+        let data = dir.join(&folder);
         std::fs::create_dir_all(&data).unwrap();
         std::fs::write(data.join("tls.crt"), &pair.cert_pem).unwrap();
         std::fs::write(data.join("tls.key"), &pair.key_pem).unwrap();
-        let link = self.dir.join("..data_tmp");
+        let link = dir.join("..data_tmp");
         let _ = std::fs::remove_file(&link);
         std::os::unix::fs::symlink(&folder, &link).unwrap();
-        std::fs::rename(&link, self.dir.join("..data")).unwrap();
+        std::fs::rename(&link, dir.join("..data")).unwrap();
     }
 }
 
@@ -138,9 +128,10 @@ pub struct Webhook {
 }
 
 impl Webhook {
-    /// Starts `kubectl-lameduck webhook` on a free loopback port and waits until it listens.
-    pub fn start(cert: &Path, key: &Path, extra: &[&str]) -> Webhook {
-        let mut child = Command::new(PLUGIN)
+    /// Starts `PLUGIN webhook` (the built kubectl-lameduck) on a free loopback port and waits
+    /// until it listens.
+    pub fn start(plugin: &Path, cert: &Path, key: &Path, extra: &[&str]) -> Webhook {
+        let mut child = Command::new(plugin)
             .arg("webhook")
             .arg("--tls-cert")
             .arg(cert)

@@ -1,3 +1,0 @@
-//! Helpers the plugin's integration tests and benchmarks share.
-
-pub mod webhook;
