@@ -155,20 +155,33 @@ fn main() {
         Some(startup[0].mean <= 1.1 * startup[1].mean.min(startup[2].mean)),
     );
 
-    progress("idle VmRSS");
-    let rss: Vec<f64> = wrappers
+    progress("idle memory");
+    let memory: Vec<(f64, f64)> = wrappers
         .iter()
         .map(|w| {
-            let mut samples: Vec<f64> = (0..counts.memory_runs).map(|_| idle_rss_kib(w)).collect();
-            median(&mut samples)
+            let samples: Vec<(f64, f64)> = (0..counts.memory_runs)
+                .map(|_| idle_memory_kib(w))
+                .collect();
+            let mut rss: Vec<f64> = samples.iter().map(|s| s.0).collect();
+            let mut anon: Vec<f64> = samples.iter().map(|s| s.1).collect();
+            (median(&mut rss), median(&mut anon))
         })
         .collect();
     table.row(
         "idle VmRSS of PID 1 (`sleep 1000` under it, after 1 s)",
-        rss.iter().map(|kib| size_cell(*kib * 1024.0)).collect(),
-        ratios(&rss, |r| *r),
-        "≤ 2 MiB",
-        Some(rss[0] <= 2048.0),
+        memory.iter().map(|m| size_cell(m.0 * 1024.0)).collect(),
+        ratios(&memory, |m| m.0),
+        "≤ 1.5 MiB",
+        Some(memory[0].0 <= 1536.0),
+    );
+    // VmRSS counts the binary's pages that are mapped, which the page cache shares between
+    // every process running the same file; RssAnon is what each PID 1 costs on its own.
+    table.row(
+        "the same, private (RssAnon)",
+        memory.iter().map(|m| size_cell(m.1 * 1024.0)).collect(),
+        ratios(&memory, |m| m.1),
+        "—",
+        None,
     );
 
     let sizes: Vec<(f64, String)> = wrappers.iter().map(|w| binary(&w.path)).collect();
@@ -179,8 +192,8 @@ fn main() {
             .map(|(bytes, kind)| format!("{} ({kind})", size_cell(*bytes)))
             .collect(),
         ratios(&sizes, |s| s.0),
-        "≤ 2 MiB, static, stripped",
-        Some(sizes[0].0 <= 2.0 * 1024.0 * 1024.0 && sizes[0].1 == "static, stripped"),
+        "≤ 1.25 MiB, static, stripped",
+        Some(sizes[0].0 <= 1.25 * 1024.0 * 1024.0 && sizes[0].1 == "static, stripped"),
     );
 
     progress("signal forwarding");
@@ -493,11 +506,14 @@ fn startup(wrappers: &[Wrapper], counts: &Counts) -> (Vec<Timing>, Timing) {
     (timings, baseline)
 }
 
-/// VmRSS of PID 1 one second after it started `sleep 1000`, in KiB.
-fn idle_rss_kib(wrapper: &Wrapper) -> f64 {
+/// VmRSS and RssAnon of PID 1 one second after it started `sleep 1000`, in KiB.
+fn idle_memory_kib(wrapper: &Wrapper) -> (f64, f64) {
     let pod = Pod::start(&wrapper.argv(&[], &["sleep", "1000"]), false);
     std::thread::sleep(Duration::from_secs(1));
-    status_kib(pod.pid1, "VmRSS").expect("VmRSS") as f64
+    (
+        status_kib(pod.pid1, "VmRSS").expect("VmRSS") as f64,
+        status_kib(pod.pid1, "RssAnon").expect("RssAnon") as f64,
+    )
 }
 
 /// A binary's size in bytes and what its ELF headers say: static or dynamic (a PT_INTERP
