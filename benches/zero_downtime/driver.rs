@@ -441,7 +441,7 @@ fn main() {
     let mut totals = Vec::new();
     let rows = Pid1::ALL.into_iter().filter(|init| match init {
         // Rewriting SIGTERM to itself measures dumb-init again.
-        Pid1::DumbInitQuit => subject.entry.graceful_stop != Signal::SIGTERM,
+        Pid1::DumbInitQuit => subject.entry.graceful_stop != Signal::SIGTERM && !only_lameduck,
         Pid1::LameduckLong | Pid1::LameduckAdaptive => !short && !only_lameduck,
         Pid1::Lameduck | Pid1::LameduckProxy => true,
         _ => !only_lameduck,
