@@ -34,10 +34,14 @@ http {
 CONF
 
 echo "== starting: lameduck --stop-signal QUIT --shutdown-delay 3s -- nginx (as PID 1)"
+# Job control on: without it bash starts a background command with SIGINT and SIGQUIT ignored,
+# and lameduck passes ignored signals on to the app, as a plain exec would.
+set -m
 unshare --pid --fork --mount-proc --kill-child \
     target/release/lameduck --listen 127.0.0.1:8099 --stop-signal QUIT --shutdown-delay 3s \
     -- nginx -c "$work/nginx.conf" -g 'daemon off;' &
 outer=$!
+set +m
 probe() {
     local code
     code=$(curl -s -o /dev/null -m 2 -w "%{http_code}" "$1" 2>/dev/null || true)
