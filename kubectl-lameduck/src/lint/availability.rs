@@ -3,29 +3,40 @@
 //! are not ready or that bypass lameduck's drain proxy. Checked across every object lint was
 //! given, so a PDB in another file counts.
 
-use super::lameduck;
+use super::lameduck::Read;
 use super::manifest::{Count, Kind, Object, Path, Pod, selects, service_selects};
 use super::report::{Finding, Findings, Rule};
 use super::yaml::Node;
 
+/// A workload whose pods run lameduck, with what lint read of their containers.
+pub struct Drained<'p, 'a> {
+    /// The workload (or the pod itself).
+    pub workload: &'p Object<'a>,
+    /// Its pod spec.
+    pub pod: &'p Pod<'a>,
+    /// Each container of the pod spec, read.
+    pub reads: &'p [Read<'p, 'a>],
+}
+
 /// Checks the workloads in `drained` (those running lameduck) against all `objects`.
-pub fn check(objects: &[Object<'_>], drained: &[&Object<'_>], list: &mut Vec<Finding>) {
+pub fn check(objects: &[Object<'_>], drained: &[Drained<'_, '_>], list: &mut Vec<Finding>) {
     let budgets: Vec<&Object<'_>> = objects
         .iter()
         .filter(|o| o.kind == Kind::PodDisruptionBudget)
         .collect();
     // Budgets already judged against the workload they select.
     let mut judged: Vec<&Node> = Vec::new();
-    for workload in drained {
-        let Some(pod) = workload.pod() else {
-            continue;
-        };
-        let routes: Vec<(u16, u16)> = pod
-            .containers
+    for &Drained {
+        workload,
+        pod,
+        reads,
+    } in drained
+    {
+        let routes: Vec<(u16, u16)> = reads
             .iter()
-            .filter(|c| c.runs_alongside())
-            .filter_map(lameduck::read)
-            .flat_map(|l| l.settings.proxy)
+            .filter(|r| r.container.runs_alongside())
+            .filter_map(|r| r.lameduck.as_ref())
+            .flat_map(|l| &l.settings.proxy)
             .map(|route| (route.listen.port(), route.app.port()))
             .collect();
         for service in objects.iter().filter(|o| o.kind == Kind::Service) {
@@ -33,7 +44,7 @@ pub fn check(objects: &[Object<'_>], drained: &[&Object<'_>], list: &mut Vec<Fin
                 && service.shares_namespace_with(workload)
                 && service_selects(service.node.at(&["spec", "selector"]), pod.labels)
             {
-                bypasses_proxy(service, workload, &pod, &routes, list);
+                bypasses_proxy(service, workload, pod, &routes, list);
             }
             let publishes = service.node.at(&["spec", "publishNotReadyAddresses"]);
             if publishes.is_some_and(Node::is_true)

@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use super::lameduck::{self, Lameduck, Role, Settings};
+use super::lameduck::{Hook, Lameduck, Read, Role, Settings};
 use super::manifest::{Container, Handler, Path, Pod};
 use super::report::{Findings, Rule};
 use super::yaml::Node;
@@ -26,16 +26,22 @@ struct Drain<'p, 'a> {
     lameduck: &'p Lameduck,
     /// The containers serving traffic: the wrapper's own, or the pod's other containers.
     hooked: Vec<&'p Container<'a>>,
+    /// What every container of the pod runs of lameduck.
+    reads: &'p [Read<'p, 'a>],
 }
 
-/// Checks the pod; returns whether it runs lameduck at all (pods without are not checked).
-pub fn check(pod: &Pod<'_>, findings: &mut Findings<'_, '_>) -> bool {
-    let ducks: Vec<(&Container<'_>, Lameduck)> = pod
-        .containers
+/// Checks the pod, whose containers `reads` has read; returns whether it runs lameduck at all
+/// (pods without are not checked).
+pub fn check<'p, 'a>(
+    pod: &'p Pod<'a>,
+    reads: &'p [Read<'p, 'a>],
+    findings: &mut Findings<'_, '_>,
+) -> bool {
+    let ducks: Vec<(&Container<'_>, &Lameduck)> = reads
         .iter()
-        .filter_map(|c| lameduck::read(c).map(|l| (c, l)))
+        .filter_map(|r| Some((r.container, r.lameduck.as_ref()?)))
         .collect();
-    for (runner, lameduck) in &ducks {
+    for &(runner, lameduck) in &ducks {
         for (path, reason) in &lameduck.problems {
             findings.add(
                 Rule::FlagInvalid,
@@ -50,7 +56,7 @@ pub fn check(pod: &Pod<'_>, findings: &mut Findings<'_, '_>) -> bool {
                 install(runner, dir, &ducks, findings);
                 continue;
             }
-            Role::Wrapper if runner.runs_alongside() => vec![*runner],
+            Role::Wrapper if runner.runs_alongside() => vec![runner],
             Role::Wrapper => continue,
             Role::Sidecar => pod
                 .containers
@@ -63,6 +69,7 @@ pub fn check(pod: &Pod<'_>, findings: &mut Findings<'_, '_>) -> bool {
             runner,
             lameduck,
             hooked,
+            reads,
         };
         if lameduck.role == Role::Sidecar {
             drain.sidecar(findings);
@@ -85,6 +92,14 @@ pub fn check(pod: &Pod<'_>, findings: &mut Findings<'_, '_>) -> bool {
 impl Drain<'_, '_> {
     fn settings(&self) -> &Settings {
         &self.lameduck.settings
+    }
+
+    /// The container's exec preStop hook, when it runs `lameduck prestop`.
+    fn hook(&self, container: &Container<'_>) -> Option<&Hook> {
+        self.reads
+            .iter()
+            .find(|r| r.container.path == container.path)
+            .and_then(|r| r.hook.as_ref())
     }
 
     /// The port the kubelet's httpGet must reach, when known and reachable.
@@ -220,7 +235,7 @@ impl Drain<'_, '_> {
     /// this lameduck listens on. Every container of a pod shares its network namespace, where
     /// the abstract socket lives, so the name is all that decides, whichever container hooks.
     fn prestop_socket(&self, container: &Container<'_>, findings: &mut Findings<'_, '_>) {
-        let Some(hook) = lameduck::read_hook(container) else {
+        let Some(hook) = self.hook(container) else {
             return;
         };
         for (path, reason) in &hook.problems {
@@ -278,12 +293,11 @@ impl Drain<'_, '_> {
         let Some(mounted) = container.volume_at(dir) else {
             return false;
         };
-        self.pod
-            .containers
+        self.reads
             .iter()
-            .filter(|c| c.init)
-            .filter_map(|c| match lameduck::read(c)?.role {
-                Role::Install { dir } => c.volume_at(&dir),
+            .filter(|r| r.container.init)
+            .filter_map(|r| match &r.lameduck.as_ref()?.role {
+                Role::Install { dir } => r.container.volume_at(dir),
                 _ => None,
             })
             .any(|installed| installed == mounted)
@@ -734,7 +748,7 @@ impl Drain<'_, '_> {
 fn install(
     installer: &Container<'_>,
     dir: &str,
-    ducks: &[(&Container<'_>, Lameduck)],
+    ducks: &[(&Container<'_>, &Lameduck)],
     findings: &mut Findings<'_, '_>,
 ) {
     if dir.is_empty() {

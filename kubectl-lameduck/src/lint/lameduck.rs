@@ -1,7 +1,8 @@
 //! lameduck as a manifest shows it: which containers run it and in which role (wrapper,
 //! sidecar, installer), and the settings its flags and `LAMEDUCK_*` variables give it. Every
 //! flag, variable and value is read through the init's own clap definition
-//! (`lameduck::cli`), so the plugin accepts exactly what lameduck accepts.
+//! (`lameduck::cli`), so the plugin accepts exactly what lameduck accepts, and each command
+//! line once per pod: every check reads the result ([`read_pod`]).
 
 use std::net::SocketAddr;
 use std::sync::OnceLock;
@@ -10,7 +11,7 @@ use std::time::Duration;
 use clap::CommandFactory;
 use nix::sys::signal::Signal;
 
-use super::manifest::{Container, Path};
+use super::manifest::{Container, Path, Pod};
 use super::yaml::Node;
 use ::lameduck::cli::{self, Cli, DrainArgs, Mode, PrestopArgs, PrestopSocket};
 use ::lameduck::settings::{ReadinessDuringDelay, Route};
@@ -91,6 +92,37 @@ pub struct Lameduck {
     pub problems: Vec<(Path, String)>,
     /// The wrapped app's argv (the words after lameduck's flags); empty in other roles.
     pub app: Vec<String>,
+}
+
+/// What one container runs of lameduck, each of its command lines read once.
+#[derive(Debug)]
+pub struct Read<'p, 'a> {
+    /// The container.
+    pub container: &'p Container<'a>,
+    /// The lameduck it runs, when it runs one.
+    pub lameduck: Option<Lameduck>,
+    /// Its exec preStop hook, when that runs `lameduck prestop`.
+    pub hook: Option<Hook>,
+}
+
+/// Reads lameduck from every container of a pod, in the pod's order. The hooks of a pod that
+/// runs no lameduck are not read: such a pod is not checked.
+pub fn read_pod<'p, 'a>(pod: &'p Pod<'a>) -> Vec<Read<'p, 'a>> {
+    let mut reads: Vec<Read<'p, 'a>> = pod
+        .containers
+        .iter()
+        .map(|container| Read {
+            container,
+            lameduck: read(container),
+            hook: None,
+        })
+        .collect();
+    if reads.iter().any(|r| r.lameduck.is_some()) {
+        for r in &mut reads {
+            r.hook = read_hook(r.container);
+        }
+    }
+    reads
 }
 
 /// One of lameduck's flags as its clap definition has it.
@@ -195,6 +227,21 @@ impl Line {
         argv.extend(self.app().iter().map(|&word| word.to_owned()));
         cli::parse_from(&argv, env)
     }
+
+    /// What lameduck makes of this command line with no flag and no variable: parsed once,
+    /// since every container that leaves a setting out needs it.
+    fn defaults(self) -> Option<&'static Cli> {
+        static DEFAULTS: [OnceLock<Option<Cli>>; 4] = [const { OnceLock::new() }; 4];
+        let index = match self {
+            Line::Wrapper => 0,
+            Line::Sidecar => 1,
+            Line::Install => 2,
+            Line::Prestop => 3,
+        };
+        DEFAULTS[index]
+            .get_or_init(|| self.parse(&[], &[]).ok())
+            .as_ref()
+    }
 }
 
 /// Why lameduck refuses a command line, in one line: the value parser's own words when a
@@ -242,7 +289,7 @@ struct Given<'a> {
 }
 
 /// Reads lameduck from a container, when the container runs it.
-pub fn read(container: &Container<'_>) -> Option<Lameduck> {
+fn read(container: &Container<'_>) -> Option<Lameduck> {
     let argv = argv(container)?;
     let program = argv.first().map_or("", |arg| arg.text).to_owned();
     let (role, flags_from) = match argv.get(1).map(|arg| arg.text) {
@@ -284,7 +331,11 @@ pub fn read(container: &Container<'_>) -> Option<Lameduck> {
     let args = argv.get(flags_from..).unwrap_or_default();
     let app_from = reader.read_line(args);
     reader.read_env(container);
-    let parsed = reader.parse();
+    // `install` takes no flags: its settings are the defaults.
+    let parsed = match role {
+        Role::Install { .. } => None,
+        _ => reader.parse(),
+    };
     let settings = reader.settings(parsed.as_ref());
     Some(Lameduck {
         role,
@@ -312,7 +363,7 @@ pub struct Hook {
 
 /// Reads the container's exec preStop hook when it runs `lameduck prestop`: its flags, and the
 /// container's `LAMEDUCK_*` variables, which the hook's process has too.
-pub fn read_hook(container: &Container<'_>) -> Option<Hook> {
+fn read_hook(container: &Container<'_>) -> Option<Hook> {
     let command = container
         .path
         .keys(&["lifecycle", "preStop", "exec", "command"]);
@@ -639,17 +690,13 @@ impl<'a> Reader<'a> {
     /// The settings in effect, from what [`Reader::parse`] gave.
     fn settings(&self, parsed: Option<&Cli>) -> Settings {
         // The drain settings: parsed, else the defaults (also those of `install`).
-        let defaults;
         let drain: Option<&DrainArgs> = match parsed {
             Some(Cli { mode: None, wrap }) => Some(&wrap.drain),
             Some(Cli {
                 mode: Some(Mode::Sidecar(args)),
                 ..
             }) => Some(&args.drain),
-            _ => {
-                defaults = Line::Wrapper.parse(&[], &[]).ok();
-                defaults.as_ref().map(|cli| &cli.wrap.drain)
-            }
+            _ => Line::Wrapper.defaults().map(|cli| &cli.wrap.drain),
         };
         let rewrites = match (parsed, self.known("rewrite")) {
             (Some(cli), true) if self.line == Line::Wrapper => {
@@ -714,14 +761,9 @@ impl<'a> Reader<'a> {
             }
         }
         // Parsed, else the defaults.
-        let defaults;
-        let args = match parsed.and_then(prestop) {
-            Some(args) => Some(args),
-            None => {
-                defaults = Line::Prestop.parse(&[], &[]).ok();
-                defaults.as_ref().and_then(prestop)
-            }
-        };
+        let args = parsed
+            .and_then(prestop)
+            .or_else(|| Line::Prestop.defaults().and_then(prestop));
         self.socket(args.map(|a| &a.socket), args.map(|a| a.listen), false)
     }
 

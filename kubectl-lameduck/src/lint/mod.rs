@@ -195,15 +195,25 @@ pub fn lint(sources: &[Source]) -> Outcome {
                 .flat_map(|document| Object::all_in(&source.name, document))
         })
         .collect();
+    let pods: Vec<(&Object<'_>, manifest::Pod<'_>)> = objects
+        .iter()
+        .filter_map(|object| Some((object, object.pod()?)))
+        .collect();
+    // Each container's lameduck and hook, read once for every check.
+    let reads: Vec<Vec<lameduck::Read<'_, '_>>> = pods
+        .iter()
+        .map(|(_, pod)| lameduck::read_pod(pod))
+        .collect();
     let mut findings = Vec::new();
     let mut drained = Vec::new();
     let mut skipped = 0;
-    for object in &objects {
-        let Some(pod) = object.pod() else {
-            continue;
-        };
-        if drain::check(&pod, &mut Findings::new(object, &mut findings)) {
-            drained.push(object);
+    for ((workload, pod), reads) in pods.iter().zip(&reads) {
+        if drain::check(pod, reads, &mut Findings::new(workload, &mut findings)) {
+            drained.push(availability::Drained {
+                workload,
+                pod,
+                reads,
+            });
         } else {
             skipped += 1;
         }
