@@ -489,13 +489,14 @@ pub fn parse_from<S: AsRef<str>>(argv: &[S], env: &[(S, S)]) -> Result<Cli, clap
 
 thread_local! {
     /// The definition, and the same without its variables, built once per thread: the plugin
-    /// parses each lameduck container's flags a few times, and building clap's definition
+    /// parses the flags of every lameduck container it reads, and building clap's definition
     /// costs more than a parse. clap's `try_get_matches_from_mut` is made for reuse.
     static DEFINITIONS: std::cell::RefCell<Option<(clap::Command, clap::Command)>> =
         const { std::cell::RefCell::new(None) };
 }
 
-/// [`parse_from`] with the definitions at hand.
+/// [`parse_from`] with the definitions at hand: one pass over the command line, and a second
+/// with the flags of the variables that apply, when any do.
 fn parse_with(
     with_env: &clap::Command,
     command: &mut clap::Command,
@@ -506,16 +507,16 @@ fn parse_with(
     use clap::builder::TypedValueParser;
 
     // Which arguments the command line gives, so that their variables are ignored.
-    let matches = command.try_get_matches_from_mut(argv.iter().copied())?;
+    let line = command.try_get_matches_from_mut(argv.iter().copied())?;
     let mode = argv
         .get(1)
         .filter(|word| with_env.find_subcommand(word).is_some());
     let (definition, matches) = match mode {
         Some(word) => (
             with_env.find_subcommand(word).unwrap_or(with_env),
-            matches.subcommand_matches(word).unwrap_or(&matches),
+            line.subcommand_matches(word).unwrap_or(&line),
         ),
-        None => (with_env, &matches),
+        None => (with_env, &line),
     };
     let mut from_env = Vec::new();
     for arg in definition.get_arguments() {
@@ -542,6 +543,10 @@ fn parse_with(
         )? {
             from_env.push(format!("--{long}"));
         }
+    }
+    // With no variable to add, the command line as read is the whole answer.
+    if from_env.is_empty() {
+        return Cli::from_arg_matches(&line);
     }
     // The variables' flags go right after the mode word, before the app's command.
     let at = 1 + usize::from(mode.is_some());
