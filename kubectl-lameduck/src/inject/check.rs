@@ -1,7 +1,7 @@
 //! inject's proof of its own output: lint's rules, run in-process on what inject is about to
 //! hand out. An error there is a bug in inject, so the output is refused instead.
 
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::pod::Refusal;
 use crate::lint::report::{Finding, Severity};
@@ -10,14 +10,17 @@ use crate::lint::{self, InputError, Source};
 /// Lints one pod template as the Pod it becomes (the pod-spec rules; replicas and budgets
 /// are the workload's, checked with the whole stream).
 pub fn pod(template: &Value) -> Result<(), Refusal> {
-    let pod = json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": template.get("metadata").cloned().unwrap_or(Value::Null),
-        "spec": template.get("spec").cloned().unwrap_or(Value::Null),
-    });
-    // The tree lint would read from the pod's JSON text, built without writing that text.
-    let source = lint::from_json("pod".into(), &pod).map_err(unreadable)?;
+    let (version, kind) = (Value::from("v1"), Value::from("Pod"));
+    let part = |key| template.get(key).unwrap_or(&Value::Null);
+    // The tree lint would read from the Pod's JSON text, built from the template where it is,
+    // without writing that text or copying the template into a Pod.
+    let entries = [
+        ("apiVersion", &version),
+        ("kind", &kind),
+        ("metadata", part("metadata")),
+        ("spec", part("spec")),
+    ];
+    let source = lint::from_json_entries("pod".into(), &entries).map_err(unreadable)?;
     match first_error(&lint::lint(&[source]).findings) {
         Some(finding) => Err(bug(finding)),
         None => Ok(()),

@@ -39,7 +39,7 @@ use serde_json::{Map, Value, json};
 
 use self::documents::Stream;
 use self::journal::Journal;
-pub use self::pod::{Context, Options, Shape, inject_pod, is_injected, remove_pod};
+pub use self::pod::{Context, Options, Shape, inject_pod, injected, is_injected, remove_pod};
 use crate::EXIT_USAGE;
 use crate::lint::report::Rule;
 use ::lameduck::duration;

@@ -172,15 +172,29 @@ pub fn is_injected(template: &Value) -> bool {
     record(template).is_some() || runs_lameduck(template)
 }
 
-/// Injects lameduck into the pod template. A pod inject injected before is first given back
-/// its original, so injecting again applies the current options and changes nothing else. A
-/// pod that already runs lameduck by other means, or says `lameduck.io/inject: disabled`, is
-/// left as it is (with a note). On a refusal the template is unchanged.
+/// Injects lameduck into the pod template, in place: the template becomes what [`injected`]
+/// makes of it. On a refusal the template is unchanged.
 pub fn inject_pod(
     template: &mut Value,
     options: &Options,
     context: &Context<'_>,
 ) -> Result<Vec<Note>, Refusal> {
+    let (pod, notes) = injected(template, options, context)?;
+    if let Some(pod) = pod {
+        *template = pod;
+    }
+    Ok(notes)
+}
+
+/// The pod template with lameduck injected, and the notes. A pod inject injected before is
+/// first given back its original, so injecting again applies the current options and changes
+/// nothing else. A pod that already runs lameduck by other means, or says
+/// `lameduck.io/inject: disabled`, is left as it is (`None`, with a note).
+pub fn injected(
+    template: &Value,
+    options: &Options,
+    context: &Context<'_>,
+) -> Result<(Option<Value>, Vec<Note>), Refusal> {
     let mut pod = template.clone();
     let written = pod.pointer(&format!("/metadata/annotations/{}", escape(INJECTED)));
     if written.is_some_and(|value| !value.is_string()) {
@@ -192,10 +206,11 @@ pub fn inject_pod(
     if record(&pod).is_some() {
         remove_pod(&mut pod)?;
     } else if runs_lameduck(&pod) {
-        return Ok(vec![Note {
+        let note = Note {
             container: None,
             message: "already runs lameduck; left as it is".into(),
-        }]);
+        };
+        return Ok((None, vec![note]));
     }
     let mut notes = Vec::new();
     let settings = Settings::resolve(options, context, &pod, &mut notes)?;
@@ -204,7 +219,7 @@ pub fn inject_pod(
             container: None,
             message: "lameduck.io/inject is disabled; left as it is".into(),
         });
-        return Ok(notes);
+        return Ok((None, notes));
     }
     let mut injection = Injection {
         pod,
@@ -228,8 +243,7 @@ pub fn inject_pod(
         annotations.insert(INJECTED.into(), Value::String(record.to_string()));
     }
     super::check::pod(&pod)?;
-    *template = pod;
-    Ok(notes)
+    Ok((Some(pod), notes))
 }
 
 /// Gives a pod template injected by inject back its original; returns whether it changed

@@ -171,10 +171,17 @@ pub fn parse(name: String, text: &str) -> Result<Source, InputError> {
     }
 }
 
-/// One JSON value as a source: the same as [`parse`] of its JSON text, without the text.
-pub fn from_json(name: String, value: &serde_json::Value) -> Result<Source, InputError> {
-    match yaml::from_json(value) {
-        Ok(documents) => Ok(Source { name, documents }),
+/// One JSON object as a source, given by its entries: the same as [`parse`] of the object's
+/// JSON text, without the text or the object.
+pub fn from_json_entries(
+    name: String,
+    entries: &[(&str, &serde_json::Value)],
+) -> Result<Source, InputError> {
+    match yaml::from_json_entries(entries) {
+        Ok(document) => Ok(Source {
+            name,
+            documents: vec![document],
+        }),
         Err(err) => Err(InputError {
             file: name,
             line: Some(err.line),

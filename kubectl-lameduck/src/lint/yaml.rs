@@ -1,7 +1,8 @@
 //! YAML text to an untyped tree: every document of a stream becomes a `Node` tree, with the
 //! line the document starts on, built from saphyr-parser's events without recursion and
-//! within fixed limits, so no input can exhaust the stack or the memory. A JSON value already
-//! in memory becomes the same tree its JSON text would, without writing and re-reading it.
+//! within fixed limits, so no input can exhaust the stack or the memory. A JSON object's
+//! entries already in memory become the same tree the object's JSON text would, without
+//! writing and re-reading it.
 
 use std::collections::HashMap;
 
@@ -250,16 +251,21 @@ pub fn parse(text: &str) -> Result<Vec<Document>, SyntaxError> {
     Ok(documents)
 }
 
-/// The documents `parse` reads from `value`'s JSON text (JSON is YAML), built from the value
-/// itself: strings are quoted scalars, numbers and booleans plain ones, `null` is null, and a
-/// `null` document is dropped. The same limits apply (depth and node count, at line 1).
-pub fn from_json(value: &serde_json::Value) -> Result<Vec<Document>, SyntaxError> {
-    let mut nodes = 0usize;
-    let root = node_of(value, 0, &mut nodes)?;
-    Ok(if matches!(root.value, Value::Null) {
-        Vec::new()
-    } else {
-        vec![Document { line: 1, root }]
+/// The document `parse` reads from the JSON text (JSON is YAML) of an object with these
+/// entries, built from the values where they are, without assembling that object: strings are
+/// quoted scalars, numbers and booleans plain ones, `null` is null. The same limits apply
+/// (depth and node count, at line 1).
+pub fn from_json_entries(entries: &[(&str, &serde_json::Value)]) -> Result<Document, SyntaxError> {
+    let mut nodes = 1usize;
+    let entries = entries
+        .iter()
+        .map(|&(key, value)| Ok((key.to_owned(), node_of(value, 1, &mut nodes)?)))
+        .collect::<Result<_, _>>()?;
+    Ok(Document {
+        line: 1,
+        root: Node {
+            value: Value::Map(entries),
+        },
     })
 }
 
@@ -350,11 +356,16 @@ mod tests {
             "n": 8099, "f": 1.5, "neg": -3, "t": true, "no": false, "nil": null,
             "esc": "tab\tquote\"nl\nuni\u{e9}\u{1}", "list": [1, "a", [], {}], "nested": {"k": [null]}
         });
+        let entries: Vec<(&str, &serde_json::Value)> = value
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(key, value)| (key.as_str(), value))
+            .collect();
         assert_eq!(
-            shown(&from_json(&value).unwrap()),
+            shown(&[from_json_entries(&entries).unwrap()]),
             shown(&parse(&value.to_string()).unwrap())
         );
-        assert!(from_json(&serde_json::Value::Null).unwrap().is_empty());
     }
 
     #[test]
@@ -363,9 +374,10 @@ mod tests {
         for _ in 0..=MAX_DEPTH {
             value = serde_json::json!([value]);
         }
-        let err = from_json(&value).unwrap_err();
+        let err = from_json_entries(&[("k", &value)]).unwrap_err();
         assert!(err.reason.contains("nested"), "{err:?}");
-        assert_eq!(err, parse(&value.to_string()).unwrap_err());
+        let text = serde_json::json!({ "k": value }).to_string();
+        assert_eq!(err, parse(&text).unwrap_err());
     }
 
     #[test]

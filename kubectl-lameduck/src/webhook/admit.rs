@@ -108,17 +108,18 @@ pub fn admit(request: &Value, scope: Scope, options: &inject::Options) -> Decisi
     if inject::is_injected(pod) {
         return Decision::skip("already runs lameduck");
     }
-    let mut injected = pod.clone();
     // A pod carries no workload annotations of its own: its template's are its annotations.
-    let notes = match inject::inject_pod(&mut injected, options, &inject::Context::default()) {
-        Ok(notes) => notes,
+    let (injected, notes) = match inject::injected(pod, options, &inject::Context::default()) {
+        Ok(injected) => injected,
         Err(refusal) => return Decision::unchanged(Outcome::Refused, refusal.to_string()),
     };
-    let patch = json_patch::diff(pod, &injected);
-    if patch.0.is_empty() {
+    let patch = injected
+        .map(|injected| json_patch::diff(pod, &injected))
+        .filter(|patch| !patch.0.is_empty());
+    let Some(patch) = patch else {
         let reason = notes.iter().map(ToString::to_string).collect::<Vec<_>>();
         return Decision::skip(reason.join("; "));
-    }
+    };
     match serde_json::to_vec(&patch) {
         Ok(patch) => Decision {
             outcome: Outcome::Injected,
