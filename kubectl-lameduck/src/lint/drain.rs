@@ -137,10 +137,26 @@ impl Drain<'_, '_> {
 
     /// The hooked container's preStop hook must call lameduck's `/prestop`.
     fn prestop(&self, container: &Container<'_>, findings: &mut Findings<'_, '_>) {
+        let path = container.path.keys(&["lifecycle", "preStop"]);
+        let handler = container.handler(&["lifecycle", "preStop"]);
+        // The in-pod hook reaches lameduck over the pod's own hook socket, which a name can
+        // give without the port.
+        if let Some(program) = handler.and_then(in_pod_program) {
+            if !self.has_lameduck(container, program) {
+                findings.add(
+                    Rule::PrestopExecUnseen,
+                    Some(container),
+                    &path.keys(&["exec", "command"]).index(0),
+                    format!("the preStop hook runs {program}, which lint does not see in container \"{}\": the container does not run it, and no install init container puts it on a volume mounted there; if the image lacks it, the hook fails and the kubelet sends the stop signal at once", container.name),
+                    "add an init container running `lameduck install /shared` onto an emptyDir, mount it at /shared here and run [/shared/lameduck, prestop]; ignore this if the image has the binary".into(),
+                );
+            }
+            self.prestop_socket(container, findings);
+            return;
+        }
         let Some(port) = self.port() else {
             return;
         };
-        let path = container.path.keys(&["lifecycle", "preStop"]);
         let token = self.settings().prestop_token;
         let fix = format!(
             "add lifecycle.preStop.exec with command [PATH/lameduck, prestop] (or httpGet with path /prestop and port {port}{})",
@@ -150,7 +166,7 @@ impl Drain<'_, '_> {
                 ", which needs --prestop-token"
             }
         );
-        let Some(hook) = container.handler(&["lifecycle", "preStop"]) else {
+        let Some(hook) = handler else {
             // A wrapper still drains on the runtime's stop signal; a sidecar never sees it.
             let (rule, why) = match self.lameduck.role {
                 Role::Sidecar => (
@@ -185,23 +201,7 @@ impl Drain<'_, '_> {
             self.prestop_http_get(container, get, &path.key("httpGet"), port, &fix, findings);
             return;
         }
-        let argv = hook.exec_command().unwrap_or_default();
-        // The in-pod hook: it reaches lameduck over the pod's own hook socket.
-        if argv.len() >= 2 && argv[0].rsplit('/').next() == Some("lameduck") && argv[1] == "prestop"
-        {
-            if !self.has_lameduck(container, argv[0]) {
-                findings.add(
-                    Rule::PrestopExecUnseen,
-                    Some(container),
-                    &path.keys(&["exec", "command"]).index(0),
-                    format!("the preStop hook runs {}, which lint does not see in container \"{}\": the container does not run it, and no install init container puts it on a volume mounted there; if the image lacks it, the hook fails and the kubelet sends the stop signal at once", argv[0], container.name),
-                    "add an init container running `lameduck install /shared` onto an emptyDir, mount it at /shared here and run [/shared/lameduck, prestop]; ignore this if the image has the binary".into(),
-                );
-            }
-            self.prestop_socket(container, findings);
-            return;
-        }
-        let exec = argv.join(" ");
+        let exec = hook.exec_command().unwrap_or_default().join(" ");
         if exec.contains(&format!(":{port}/prestop")) {
             if !token && !self.settings().prestop_insecure {
                 findings.add(
@@ -778,6 +778,20 @@ fn install(
                 format!("mount volume \"{volume}\" at {dir} in this container"),
             );
         }
+    }
+}
+
+/// The program of a preStop hook that is the in-pod hook, `exec` of `PATH/lameduck prestop`
+/// (a hook that sleeps or has an httpGet is read as that).
+fn in_pod_program(hook: Handler<'_>) -> Option<&str> {
+    if hook.is_sleep() || hook.http_get().is_some() {
+        return None;
+    }
+    match hook.exec_command()?.as_slice() {
+        &[program, "prestop", ..] if program.rsplit('/').next() == Some("lameduck") => {
+            Some(program)
+        }
+        _ => None,
     }
 }
 

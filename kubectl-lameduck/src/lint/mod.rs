@@ -545,6 +545,75 @@ spec:
         assert_eq!(outcome.checked, 1);
     }
 
+    /// A pod whose lameduck runs with `listen` and `--prestop-socket=web`, and whose exec
+    /// preStop hook calls `lameduck prestop --prestop-socket=api`.
+    fn socket_named_on_both_ends(listen: &str) -> String {
+        format!(
+            "kind: Pod\nmetadata: {{name: p}}\nspec:\n  containers:\n    - name: app\n      \
+             command: [/lameduck, '--listen={listen}', --prestop-socket=web, --, app]\n      \
+             lifecycle: {{preStop: {{exec: {{command: [/lameduck, prestop, --prestop-socket=api]}}}}}}\n"
+        )
+    }
+
+    /// The prestop-socket-mismatch findings of a pod.
+    fn socket_mismatches(text: &str) -> Vec<Finding> {
+        lint_text(text)
+            .unwrap()
+            .findings
+            .into_iter()
+            .filter(|f| f.rule == report::Rule::PrestopSocketMismatch)
+            .collect()
+    }
+
+    #[test]
+    fn named_sockets_are_compared_when_the_listen_port_is_known_only_at_run_time() {
+        let found = socket_mismatches(&socket_named_on_both_ends("$(ADDR)"));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(
+            found[0].path,
+            "spec.containers[0].lifecycle.preStop.exec.command[2]"
+        );
+        assert!(
+            found[0].message.contains("calls @api"),
+            "{}",
+            found[0].message
+        );
+        assert!(
+            found[0].message.contains("listens on @web"),
+            "{}",
+            found[0].message
+        );
+    }
+
+    #[test]
+    fn named_sockets_are_compared_when_lameduck_listens_on_port_0() {
+        let found = socket_mismatches(&socket_named_on_both_ends("0.0.0.0:0"));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].fix.contains("--prestop-socket=web"),
+            "{}",
+            found[0].fix
+        );
+    }
+
+    #[test]
+    fn an_in_pod_hook_lint_does_not_see_is_found_when_the_listen_port_is_known_only_at_run_time() {
+        let text = "kind: Pod\nmetadata: {name: p}\nspec:\n  containers:\n    - name: app\n      \
+                    command: [/lameduck, '--listen=$(ADDR)', --, app]\n      \
+                    lifecycle: {preStop: {exec: {command: [/shared/lameduck, prestop]}}}\n";
+        let outcome = lint_text(text).unwrap();
+        let unseen: Vec<&Finding> = outcome
+            .findings
+            .iter()
+            .filter(|f| f.rule == report::Rule::PrestopExecUnseen)
+            .collect();
+        assert_eq!(unseen.len(), 1, "{:?}", outcome.findings);
+        assert_eq!(
+            unseen[0].path,
+            "spec.containers[0].lifecycle.preStop.exec.command[0]"
+        );
+    }
+
     #[test]
     fn objects_in_a_list_carry_their_item_path() {
         let text = "kind: List\nitems:\n- kind: Pod\n  metadata: {name: p}\n  spec: {containers: [{name: a, command: [lameduck, --, a]}]}\n";
