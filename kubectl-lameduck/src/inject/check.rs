@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use super::pod::Refusal;
+use super::refusal::Refusal;
 use crate::lint::report::{Finding, Severity};
 use crate::lint::{self, InputError, Source};
 

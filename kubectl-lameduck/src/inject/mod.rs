@@ -10,7 +10,7 @@
 //!   [`Options`] come from flags (the webhook: its defaults); `lameduck.io/...` annotations on
 //!   the workload ([`Context::workload_annotations`]), then on the pod, override them. On
 //!   success the template is injected and the notes say what the user should know (one
-//!   sentence each, naming the container). A [`Refusal`] is one line naming the container, and
+//!   sentence each, naming the container). A [`Refusal`](refusal::Refusal) is one line naming the container, and
 //!   leaves the template untouched. The result has passed lint's pod rules in-process.
 //!   Injecting an injected pod again gives the same pod; a pod that already runs lameduck some
 //!   other way, or is annotated `lameduck.io/inject: disabled`, is left as it is, with a note.
@@ -31,6 +31,7 @@ mod check;
 mod documents;
 mod journal;
 pub mod pod;
+mod refusal;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -10,6 +10,7 @@ use nix::sys::signal::Signal;
 use serde_json::{Map, Value, json};
 
 use super::journal::{self, Journal, escape};
+use super::refusal::Refusal;
 use crate::servers;
 use ::lameduck::duration;
 use ::lameduck::settings::{GRACE_MARGIN, ReadyCheck, Route};
@@ -143,27 +144,11 @@ impl std::fmt::Display for Note {
     }
 }
 
-/// Why a pod cannot be injected (or un-injected), in one line naming the container.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Refusal(pub String);
-
-impl std::fmt::Display for Refusal {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
 fn refuse<T>(container: Option<&str>, reason: impl std::fmt::Display) -> Result<T, Refusal> {
     Err(Refusal(match container {
         Some(name) => format!("container \"{name}\": {reason}"),
         None => reason.to_string(),
     }))
-}
-
-impl From<journal::Mismatch> for Refusal {
-    fn from(mismatch: journal::Mismatch) -> Self {
-        Refusal(mismatch.0)
-    }
 }
 
 /// Whether the pod already runs lameduck, in any shape: injected by inject, or any container
