@@ -1,8 +1,10 @@
 //! The drain proxy's own behaviour, with the built lameduck as PID 1 in front of a real app:
 //! HTTP/2 clients get GOAWAY in the drain and lose no request; a WebSocket passes through and
 //! stays open until the app, told by `--drain-signal`, closes it cleanly; a large upload and a
-//! large download pass byte for byte; an app that is down gives a 502 and one log line; and in
-//! the sidecar shape the proxy closes kept-alive connections on `/prestop` and ends the delay.
+//! large download pass byte for byte; an app that is down gives a 502 and one log line; in
+//! the sidecar shape the proxy closes kept-alive connections on `/prestop` and ends the delay;
+//! idle clients share the proxy's connections to the app instead of each pinning one; and in
+//! the drain the proxy keeps no idle connection to the app for the app's stop to close.
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
@@ -10,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use lameduck_test_support::binaries::fixture;
 use lameduck_test_support::http::get;
-use lameduck_test_support::network::free_addrs;
-use lameduck_test_support::nginx::NginxConfig;
+use lameduck_test_support::network::{established_at, free_addrs};
+use lameduck_test_support::nginx::{Nginx, NginxConfig};
 use lameduck_test_support::process::{Lameduck, Mode, wait_until};
 use lameduck_test_support::scenario::SLOW_BYTES;
 use nix::sys::signal::Signal;
@@ -310,7 +312,7 @@ fn the_sidecar_proxy_closes_kept_alive_connections_in_the_drain_and_ends_it_earl
     let [nginx_addr, proxy] = free_addrs(Ipv4Addr::new(127, 0, 63, 5), 2)
         .try_into()
         .expect("2 addresses");
-    let _nginx = lameduck_test_support::nginx::Nginx::start("proxy-sidecar", nginx_addr);
+    let _nginx = Nginx::start("proxy-sidecar", nginx_addr);
     let route = format!("{proxy}={nginx_addr}");
     let mut run = Lameduck::start(
         Mode::Pid1,
@@ -355,4 +357,87 @@ fn the_sidecar_proxy_closes_kept_alive_connections_in_the_drain_and_ends_it_earl
     assert_eq!(moved_off(&run), 1, "{:#?}", run.stderr.all());
     run.signal(Signal::SIGTERM);
     assert_eq!(run.wait_exit(DELAY), 0);
+}
+
+/// lameduck (its app a `sleep`) with `--proxy` and the `more` flags, in front of an nginx the
+/// test starts itself, so that every connection nginx holds is the proxy's (no ready check).
+/// Returns the run, the proxy's address and the nginx.
+fn proxy_to_nginx(test: &str, ip: Ipv4Addr, more: &[&str]) -> (Lameduck, SocketAddr, Nginx) {
+    let [nginx_addr, proxy] = free_addrs(ip, 2).try_into().expect("2 addresses");
+    let nginx = Nginx::start(&format!("proxy-{test}"), nginx_addr);
+    let route = format!("{proxy}={nginx_addr}");
+    let mut args = vec!["--shutdown-delay", DELAY_FLAG, "--proxy", &route];
+    args.extend_from_slice(more);
+    args.extend_from_slice(&["--", "sleep", "60"]);
+    let run = Lameduck::start(Mode::Pid1, &args);
+    run.ready_addr();
+    (run, proxy, nginx)
+}
+
+/// The connections nginx holds, each one the proxy's.
+fn app_connections(nginx: &Nginx) -> usize {
+    match nginx.config.addr {
+        SocketAddr::V4(addr) => established_at(addr),
+        SocketAddr::V6(_) => unreachable!("the tests' nginx listens on IPv4 loopback"),
+    }
+}
+
+/// A kept-alive client that has had one answer through `proxy`.
+fn served_client(proxy: SocketAddr) -> TcpStream {
+    let mut client = TcpStream::connect(proxy).expect("connect");
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let (head, body) = ask(&mut client, "/fast");
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert_eq!(body, b"ok\n");
+    client
+}
+
+#[test]
+fn idle_kept_alive_clients_share_the_proxys_connections_to_the_app() {
+    let (_run, proxy, nginx) = proxy_to_nginx("shared", Ipv4Addr::new(127, 0, 63, 6), &[]);
+    // One after another, each left idle and open: each takes the connection the last one gave
+    // back, which stays open for the next.
+    let clients: Vec<TcpStream> = (0..3).map(|_| served_client(proxy)).collect();
+    assert_eq!(app_connections(&nginx), 1, "{} idle clients", clients.len());
+}
+
+#[test]
+fn in_the_drain_the_proxy_keeps_no_idle_connection_to_the_app() {
+    // The app's stop comes no sooner than 3s after the drain began: room to look before it.
+    let (mut run, proxy, nginx) = proxy_to_nginx(
+        "pool-drain",
+        Ipv4Addr::new(127, 0, 63, 7),
+        &["--min-delay", "3s"],
+    );
+    drop(served_client(proxy));
+    assert_eq!(app_connections(&nginx), 1, "the proxy kept no connection");
+    run.signal(Signal::SIGTERM);
+    assert!(wait_until(Duration::from_secs(2), || run
+        .stderr
+        .contains("readiness fails")));
+    assert!(
+        wait_until(Duration::from_secs(2), || app_connections(&nginx) == 0),
+        "the idle connection to the app outlived the drain's start: {:#?}",
+        run.stderr.all()
+    );
+    // A client that still arrives gets its answer on a connection of its own, closed after it.
+    let mut late = TcpStream::connect(proxy).expect("connect");
+    late.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let (head, body) = ask(&mut late, "/fast");
+    assert!(head.contains("connection: close"), "{head}");
+    assert_eq!(body, b"ok\n");
+    assert!(
+        wait_until(Duration::from_secs(2), || app_connections(&nginx) == 0),
+        "the late client's connection to the app stayed open: {}",
+        app_connections(&nginx)
+    );
+    assert!(
+        !run.stderr.contains(DRAINED_LINE),
+        "the app was stopped before the checks: {:#?}",
+        run.stderr.all()
+    );
+    run.wait_exit(DELAY);
 }

@@ -1,16 +1,21 @@
 //! The proxy's HTTP side (hyper): accepts HTTP/1.1 and h2c on one port (told apart by the
 //! HTTP/2 preface), forwards each request
 //! to the app over HTTP/1.1 with bodies streamed both ways, passes upgrades (WebSocket) through
-//! as raw byte streams, and at the drain shuts every connection down gracefully. Bounded like
-//! the endpoints: a connection cap, a time limit on each request head, a size limit on it.
+//! as raw byte streams, and at the drain shuts every connection down gracefully. The connections
+//! to the app are a pool per route that every client shares, so an idle client holds none.
+//! Bounded like the endpoints: a connection cap, a time limit on each request head, a size
+//! limit on it.
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http_body_util::{Either, Full};
-use hyper::body::{Bytes, Incoming};
+use hyper::body::{Body as _, Bytes, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::SendRequest;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::upgrade::OnUpgrade;
@@ -32,6 +37,11 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(75);
 const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Requests one HTTP/2 connection may have in flight; each takes its own connection to the app.
 const MAX_STREAMS: u32 = 128;
+/// Idle connections to the app kept per route for the next request, like nginx's upstream
+/// `keepalive`; past it the longest idle is closed. Busy connections are not counted: a busy
+/// pod opens as many as it has requests in flight. One HTTP/2 client's full set of streams
+/// finds its connections kept; each costs some 26 KiB while idle.
+const MAX_IDLE_UPSTREAM: usize = MAX_STREAMS as usize;
 /// How long an HTTP/1.1 connection that carries no request in the drain stays open: a client
 /// that uses it within this time is moved off after its answer instead, without a race; one
 /// that stays idle this long is unlikely to send just as it is closed.
@@ -40,7 +50,7 @@ const IDLE_GRACE: Duration = Duration::from_secs(1);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// What the client gets: the app's body as it streams in, or lameduck's own short answer.
-type Body = Either<Incoming, Full<Bytes>>;
+type Body = Either<FromApp, Full<Bytes>>;
 
 /// What every proxied connection shares.
 pub(super) struct Shared {
@@ -67,6 +77,12 @@ impl Shared {
 
 /// Accepts clients on `listener` for the app at `app` until the runtime shuts down.
 pub(super) async fn serve(listener: TcpListener, app: SocketAddr, shared: Arc<Shared>) {
+    let upstream = Arc::new(Upstream {
+        app,
+        idle: Mutex::default(),
+        draining: shared.draining.clone(),
+    });
+    tokio::spawn(Arc::clone(&upstream).close_idle_in_drain());
     loop {
         let Ok(slot) = Arc::clone(&shared.slots).acquire_owned().await else {
             return;
@@ -84,7 +100,7 @@ pub(super) async fn serve(listener: TcpListener, app: SocketAddr, shared: Arc<Sh
         tokio::spawn(connection(
             stream,
             peer.ip(),
-            app,
+            Arc::clone(&upstream),
             Arc::clone(&shared),
             open,
         ));
@@ -126,7 +142,7 @@ impl Drop for Open {
 async fn connection(
     stream: TcpStream,
     client: IpAddr,
-    app: SocketAddr,
+    upstream: Arc<Upstream>,
     shared: Arc<Shared>,
     open: Arc<Open>,
 ) {
@@ -137,10 +153,6 @@ async fn connection(
         () = idle_in_drain(&mut draining) => return,
     };
     let Ok(Some(h2)) = sniffed else { return };
-    let upstream = Arc::new(Upstream {
-        app,
-        kept: Mutex::default(),
-    });
     let hop = Hop {
         client,
         forwarded: shared.forwarded,
@@ -150,46 +162,55 @@ async fn connection(
     };
     let hop = Arc::new(hop);
     let service = hyper::service::service_fn(move |request| {
-        let upstream = Arc::clone(&upstream);
-        let hop = Arc::clone(&hop);
-        async move { Ok::<_, Infallible>(forward(request, &upstream, &hop).await) }
+        // Boxed per request: hyper keeps room for the service's future for as long as the
+        // connection is open, idle or not, and this one is over a kilobyte.
+        let answer = Box::pin(forward(request, Arc::clone(&upstream), Arc::clone(&hop)));
+        async move { Ok::<_, Infallible>(answer.await) }
     });
     let io = TokioIo::new(stream);
+    // Each protocol's state boxed on its own: the task then holds only the one it speaks.
     if h2 {
-        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .max_concurrent_streams(MAX_STREAMS)
-            .max_header_list_size(MAX_HEAD_BYTES as u32)
-            .serve_connection(io, service);
-        tokio::pin!(conn);
-        tokio::select! {
-            biased;
-            _ = conn.as_mut() => return,
-            _ = draining.wait_for(|draining| *draining) => {}
-        }
-        // GOAWAY: the streams already open, and any the client sent before it saw the GOAWAY,
-        // finish; then the connection closes.
-        conn.as_mut().graceful_shutdown();
-        let _ = conn.await;
+        Box::pin(async move {
+            let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .max_concurrent_streams(MAX_STREAMS)
+                .max_header_list_size(MAX_HEAD_BYTES as u32)
+                .serve_connection(io, service);
+            tokio::pin!(conn);
+            tokio::select! {
+                biased;
+                _ = conn.as_mut() => return,
+                _ = draining.wait_for(|draining| *draining) => {}
+            }
+            // GOAWAY: the streams already open, and any the client sent before it saw the
+            // GOAWAY, finish; then the connection closes.
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        })
+        .await;
     } else {
-        let conn = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_TIMEOUT)
-            .max_buf_size(MAX_HEAD_BYTES)
-            .serve_connection(io, service)
-            .with_upgrades();
-        tokio::pin!(conn);
-        // In the drain each response says `Connection: close` (see `forward`) and hyper closes
-        // the connection after it: a busy connection leaves between two requests, race-free.
-        tokio::select! {
-            biased;
-            _ = conn.as_mut() => return,
-            () = idle_in_drain(&mut draining) => {}
-        }
-        // Idle through the grace: closed now, unless a request has just begun, which is
-        // answered first.
-        conn.as_mut().graceful_shutdown();
-        let _ = conn.await;
+        Box::pin(async move {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .max_buf_size(MAX_HEAD_BYTES)
+                .serve_connection(io, service)
+                .with_upgrades();
+            tokio::pin!(conn);
+            // In the drain each response says `Connection: close` (see `forward`) and hyper
+            // closes the connection after it: a busy connection leaves between two requests,
+            // race-free.
+            tokio::select! {
+                biased;
+                _ = conn.as_mut() => return,
+                () = idle_in_drain(&mut draining) => {}
+            }
+            // Idle through the grace: closed now, unless a request has just begun, which is
+            // answered first.
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        })
+        .await;
     }
 }
 
@@ -235,11 +256,15 @@ struct Hop {
 }
 
 /// Forwards one request to the app and returns its answer, or a 502 when the app gives none.
-async fn forward(mut request: Request<Incoming>, upstream: &Upstream, hop: &Hop) -> Response<Body> {
+async fn forward(
+    mut request: Request<Incoming>,
+    upstream: Arc<Upstream>,
+    hop: Arc<Hop>,
+) -> Response<Body> {
     let upgrade = wants_upgrade(&request).then(|| hyper::upgrade::on(&mut request));
     to_app(&mut request, hop.client, hop.forwarded, upgrade.is_some());
-    let mut response = match upstream.send(request).await {
-        Ok(response) => response,
+    let (mut response, sender) = match upstream.send(request).await {
+        Ok(answered) => answered,
         Err(err) => {
             tracing::warn!(app = %upstream.app, %err, "the app gave no answer; the client got 502 Bad Gateway");
             return bad_gateway();
@@ -249,7 +274,8 @@ async fn forward(mut request: Request<Incoming>, upstream: &Upstream, hop: &Hop)
         Some(client_side) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
             let app_side = hyper::upgrade::on(&mut response);
             tokio::spawn(tunnel(client_side, app_side, Arc::clone(&hop.open)));
-            return response.map(Either::Left);
+            // The connection is the tunnel's now.
+            return response.map(|body| Either::Left(FromApp::new(body, None)));
         }
         _ => strip_hop_by_hop(response.headers_mut()),
     }
@@ -264,7 +290,59 @@ async fn forward(mut request: Request<Incoming>, upstream: &Upstream, hop: &Hop)
             .headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    response.map(Either::Left)
+    response.map(|body| Either::Left(FromApp::new(body, Some((sender, upstream)))))
+}
+
+/// The app's body on its way to the client; the connection it came on goes back to the pool
+/// once it has been read to the end, and is dropped (closed) with a body left unfinished.
+struct FromApp {
+    body: Incoming,
+    ended: bool,
+    give_back: Option<(SendRequest<Incoming>, Arc<Upstream>)>,
+}
+
+impl FromApp {
+    fn new(body: Incoming, give_back: Option<(SendRequest<Incoming>, Arc<Upstream>)>) -> Self {
+        FromApp {
+            body,
+            ended: false,
+            give_back,
+        }
+    }
+}
+
+impl hyper::body::Body for FromApp {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        if let Poll::Ready(None) = polled {
+            self.ended = true;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for FromApp {
+    fn drop(&mut self) {
+        if let Some((sender, upstream)) = self.give_back.take()
+            && (self.ended || self.body.is_end_stream())
+        {
+            upstream.keep(sender);
+        }
+    }
 }
 
 /// Turns the client's request into the app's: HTTP/1.1 in origin form with a `Host` (HTTP/2
@@ -376,24 +454,31 @@ fn bad_gateway() -> Response<Body> {
     response
 }
 
-/// The connections to the app that serve one client connection: one for HTTP/1.1, one per
-/// concurrent stream for HTTP/2. They close with the client's connection.
+/// The connections to the app for one route, shared by all its clients: a request takes an
+/// idle one or opens one, and its answer's body gives it back once read to the end (`FromApp`).
+/// In the drain none is kept: the idle ones close when it begins and each later one after its
+/// answer, so the app's own stop finds no idle connection of the proxy's to close under a
+/// request.
 struct Upstream {
     app: SocketAddr,
-    kept: Mutex<Vec<SendRequest<Incoming>>>,
+    /// Oldest first. One just given back may need a moment before it takes a request: hyper
+    /// readies it when it has seen the end of the answer.
+    idle: Mutex<VecDeque<SendRequest<Incoming>>>,
+    draining: watch::Receiver<bool>,
 }
 
 impl Upstream {
-    /// Sends `request` on a kept connection that is free, or on a new one.
-    async fn send(&self, mut request: Request<Incoming>) -> Result<Response<Incoming>, String> {
-        while let Some(mut sender) = self.take_free() {
+    /// Sends `request` on an idle connection, or on a new one; the answer comes with the
+    /// connection, to give back.
+    async fn send(
+        &self,
+        mut request: Request<Incoming>,
+    ) -> Result<(Response<Incoming>, SendRequest<Incoming>), String> {
+        while let Some(mut sender) = self.take_idle() {
             match sender.try_send_request(request).await {
-                Ok(response) => {
-                    self.keep(sender);
-                    return Ok(response);
-                }
-                // The app closed the kept connection before the request went out: it comes
-                // back unsent, and goes on a new connection.
+                Ok(response) => return Ok((response, sender)),
+                // The app closed the idle connection before the request went out: it comes
+                // back unsent, and goes on another.
                 Err(mut err) => match err.take_message() {
                     Some(unsent) => request = unsent,
                     None => return Err(err.into_error().to_string()),
@@ -401,26 +486,47 @@ impl Upstream {
             }
         }
         let mut sender = self.connect().await?;
-        let response = sender.send_request(request).await;
-        self.keep(sender);
-        response.map_err(|err| err.to_string())
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|err| err.to_string())?;
+        Ok((response, sender))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<SendRequest<Incoming>>> {
-        self.kept.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<SendRequest<Incoming>>> {
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn take_free(&self) -> Option<SendRequest<Incoming>> {
-        let mut kept = self.lock();
-        kept.retain(|sender| !sender.is_closed());
-        let free = kept.iter().position(SendRequest::is_ready)?;
-        Some(kept.swap_remove(free))
+    /// The most recently used idle connection that is ready: the least likely to be at the
+    /// app's idle limit. Those the app closed are dropped on the way. None in the drain, from
+    /// the moment the app got its drain signal, which may have it close its idle connections.
+    fn take_idle(&self) -> Option<SendRequest<Incoming>> {
+        let mut idle = self.lock();
+        if *self.draining.borrow() {
+            return None;
+        }
+        idle.retain(|sender| !sender.is_closed());
+        let ready = idle.iter().rposition(SendRequest::is_ready)?;
+        idle.remove(ready)
     }
 
     fn keep(&self, sender: SendRequest<Incoming>) {
-        let mut kept = self.lock();
-        if kept.len() < MAX_STREAMS as usize {
-            kept.push(sender);
+        let mut idle = self.lock();
+        // Read under the lock that `close_idle_in_drain` takes after the switch flips.
+        if *self.draining.borrow() {
+            return;
+        }
+        if idle.len() == MAX_IDLE_UPSTREAM {
+            idle.pop_front();
+        }
+        idle.push_back(sender);
+    }
+
+    /// Closes every idle connection when the drain begins.
+    async fn close_idle_in_drain(self: Arc<Self>) {
+        let mut draining = self.draining.clone();
+        if draining.wait_for(|draining| *draining).await.is_ok() {
+            self.lock().clear();
         }
     }
 

@@ -1,10 +1,11 @@
 //! Where the tests listen and which network they live in: free loopback addresses handed out
 //! so parallel tests never collide, network namespaces of a test's own (the adaptive delay counts
 //! every connection its namespace accepts, so its tests must not share one), a pod's namespace
-//! linked to the test's by a veth pair, and whether a kept connection is still open.
+//! linked to the test's by a veth pair, whether a kept connection is still open, and how many
+//! connections a server holds.
 
 use std::io::ErrorKind;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::process::Command;
 
 /// A free port on 127.0.0.1: bound once to learn it, then released.
@@ -90,4 +91,25 @@ pub fn still_open(stream: &TcpStream) -> bool {
     let mut byte = [0u8; 1];
     let idle = matches!(stream.peek(&mut byte), Err(e) if e.kind() == ErrorKind::WouldBlock);
     idle && stream.set_nonblocking(false).is_ok()
+}
+
+/// How many established connections the IPv4 server on `addr` holds, its own side of each, as
+/// the kernel lists them in /proc/net/tcp for the calling thread's network namespace.
+pub fn established_at(addr: SocketAddrV4) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
+    // `sl local_address rem_address st ...`: the address as the kernel stores it (network
+    // order, printed as a native u32), the port in host order, the state 01 for ESTABLISHED.
+    let local = format!(
+        "{:08X}:{:04X}",
+        u32::from_ne_bytes(addr.ip().octets()),
+        addr.port()
+    );
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields.get(1) == Some(&local.as_str()) && fields.get(3) == Some(&"01")
+        })
+        .count()
 }
