@@ -258,7 +258,20 @@ fn remove_after_inject_gives_back_the_input() {
         assert!(removed.status.success(), "{}", name(source));
         let file = Path::new(TMP).join(format!("removed-{}", name(source)));
         std::fs::write(&file, &removed.stdout).unwrap();
-        assert_eq!(objects(&file), objects(source), "{}", name(source));
+        assert_same_objects(&objects(&file), &objects(source), &name(source));
+    }
+}
+
+/// Asserts that `got` holds the objects of `want`, naming the first one that differs.
+fn assert_same_objects(got: &[Value], want: &[Value], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: the number of objects");
+    for (got, want) in got.iter().zip(want) {
+        assert!(
+            got == want,
+            "{what}: {}/{} is not as it was\n got: {got:#}\nwant: {want:#}",
+            want["kind"].as_str().unwrap_or("?"),
+            want["metadata"]["name"].as_str().unwrap_or("?"),
+        );
     }
 }
 
@@ -431,7 +444,7 @@ fn the_proxy_annotation_moves_the_services_that_select_the_pods_to_the_proxy_por
         .collect();
     assert!(
         command.contains(&"--proxy=0.0.0.0:8098=127.0.0.1:8080"),
-        "{command:?}"
+        "lameduck runs no drain proxy in front of the app's port 8080: {command:?}"
     );
     assert!(
         api["ports"]
@@ -439,13 +452,22 @@ fn the_proxy_annotation_moves_the_services_that_select_the_pods_to_the_proxy_por
             .unwrap()
             .iter()
             .any(|p| p["name"] == "lameduck-proxy" && p["containerPort"] == 8098),
-        "{api}"
+        "the container does not declare the proxy's port 8098 as lameduck-proxy: {api}"
     );
     let shop = service(&objects, "api", Some("shop"));
-    assert_eq!(shop["spec"]["ports"][0]["targetPort"], 8098, "{shop}");
-    assert_eq!(shop["spec"]["ports"][1]["targetPort"], "metrics", "{shop}");
+    assert_eq!(
+        shop["spec"]["ports"][0]["targetPort"], 8098,
+        "the Service that selects the pods does not target the proxy's port: {shop}"
+    );
+    assert_eq!(
+        shop["spec"]["ports"][1]["targetPort"], "metrics",
+        "a port the proxy does not front moved: {shop}"
+    );
     let staging = service(&objects, "api", Some("staging"));
-    assert_eq!(staging["spec"]["ports"][0]["targetPort"], 8080, "{staging}");
+    assert_eq!(
+        staging["spec"]["ports"][0]["targetPort"], 8080,
+        "a Service in another namespace moved: {staging}"
+    );
     // The port of a Service without targetPort, the sidecar's proxy on its annotated port.
     let list = injected_file("proxy-nginx-sidecar-list.yaml");
     assert_eq!(
@@ -483,7 +505,7 @@ fn proxied_pods_without_their_service_in_the_input_are_warned_of() {
     assert!(
         stderr.contains("Deployment/web: warning: no Service in the input selects these pods")
             && stderr.contains("8098 (the app's 80)"),
-        "{stderr}"
+        "no warning that no Service in the input selects the proxied pods: {stderr}"
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("--proxy=0.0.0.0:8098=127.0.0.1:80"));
 }
@@ -498,16 +520,36 @@ fn the_proxy_flag_is_undone_by_remove_and_is_a_fixed_point() {
         String::from_utf8_lossy(&once.stderr)
     );
     let injected = String::from_utf8_lossy(&once.stdout).into_owned();
-    assert!(injected.contains("targetPort: 8098"), "{injected}");
+    assert!(
+        injected.contains("targetPort: 8098"),
+        "the Service does not target the proxy's port 8098: {injected}"
+    );
     let again = inject_text("proxy-once.yaml", &injected, &["--proxy"]);
-    assert_eq!(String::from_utf8_lossy(&again.stdout), injected);
+    assert!(
+        again.status.success(),
+        "inject --proxy refuses its own output: {}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&again.stdout),
+        injected,
+        "inject --proxy changed its own output"
+    );
     let removed = inject_text("proxy-removed.yaml", &injected, &["--remove"]);
     assert!(
         removed.status.success(),
         "{}",
         String::from_utf8_lossy(&removed.stderr)
     );
+    let text = String::from_utf8_lossy(&removed.stdout);
+    for (left, what) in [
+        ("--proxy=", "the proxy flag"),
+        ("lameduck-proxy", "the proxy's container port"),
+        ("targetPort: 8098", "the Service on the proxy's port"),
+    ] {
+        assert!(!text.contains(left), "--remove left {what} behind: {text}");
+    }
     let back = Path::new(TMP).join("proxy-back.yaml");
     std::fs::write(&back, &removed.stdout).unwrap();
-    assert_eq!(objects(&back), objects(&file));
+    assert_same_objects(&objects(&back), &objects(&file), "--remove after --proxy");
 }
