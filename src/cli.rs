@@ -123,18 +123,30 @@ pub struct SidecarArgs {
 
 /// Flags of `lameduck prestop`.
 #[derive(Args, Debug)]
+#[command(mut_arg("listen", |arg| arg.help(
+    "The `--listen` of the lameduck to call: its hook socket is named after the port"
+)))]
 pub struct PrestopArgs {
-    /// The `--listen` of the lameduck to call: its hook socket is named after the port.
+    #[command(flatten)]
+    pub listen: Listen,
+
+    #[command(flatten)]
+    pub socket: PrestopSocket,
+}
+
+/// lameduck's address, whose port names the hook socket: one definition for the lameduck that
+/// listens and the `lameduck prestop` that calls it, so their default and variable agree. Each
+/// end gives its own help.
+#[derive(Args, Debug, Clone, Copy)]
+pub struct Listen {
     #[arg(
-        long,
+        id = "listen",
+        long = "listen",
         value_name = "ADDR",
         default_value = "0.0.0.0:8099",
         env = "LAMEDUCK_LISTEN"
     )]
-    pub listen: SocketAddr,
-
-    #[command(flatten)]
-    pub socket: PrestopSocket,
+    pub addr: SocketAddr,
 }
 
 /// The abstract Unix socket of the in-pod hook, the same flag on both ends.
@@ -187,15 +199,12 @@ pub struct QuietArgs {
 
 /// Flags of the drain sequence.
 #[derive(Args, Debug)]
+#[command(mut_arg("listen", |arg| arg.help(
+    "Address of the readiness, liveness and preStop endpoints (port 0 picks a free one)"
+)))]
 pub struct DrainArgs {
-    /// Address of the readiness, liveness and preStop endpoints (port 0 picks a free one).
-    #[arg(
-        long,
-        value_name = "ADDR",
-        default_value = "0.0.0.0:8099",
-        env = "LAMEDUCK_LISTEN"
-    )]
-    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub listen: Listen,
 
     /// How long readiness fails before the app gets its stop signal (endpoint propagation).
     #[arg(long, value_name = "DURATION", default_value = "5s", env = "LAMEDUCK_SHUTDOWN_DELAY", value_parser = duration::parse)]
@@ -412,7 +421,7 @@ impl DrainArgs {
             kill_budget = Some(budget);
         }
         Ok(DrainConfig {
-            listen: self.listen,
+            listen: self.listen.addr,
             shutdown_delay: self.shutdown_delay,
             drain_timeout: self.drain_timeout,
             stop_signal,

@@ -80,7 +80,7 @@ async fn answer(stream: UnixStream, hooks: &Hooks) -> std::io::Result<()> {
 /// `lameduck prestop`: calls the lameduck of this pod and waits for its answer; 0 once it
 /// came, 1 with one line on stderr when no lameduck answered.
 pub fn run(args: PrestopArgs) -> i32 {
-    let name = &args.socket.resolve(args.listen.port());
+    let name = &args.socket.resolve(args.listen.addr.port());
     match call(name) {
         Ok(phase) => {
             crate::exit::say(

@@ -261,7 +261,7 @@ impl Invocation {
     }
 
     fn listen_port(&self) -> u64 {
-        u64::from(self.drain().listen.port())
+        u64::from(self.drain().listen.addr.port())
     }
 
     /// lameduck's own words (the argv less the program and the app), `--listen` moved to a
@@ -1301,6 +1301,7 @@ fn wrapper_image_exposes_lameduck_listen_port() {
             .wrap
             .drain
             .listen
+            .addr
             .port()
             .to_string();
         let port = port.as_str();

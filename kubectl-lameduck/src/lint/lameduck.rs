@@ -719,7 +719,7 @@ impl<'a> Reader<'a> {
             },
         };
         Settings {
-            listen: self.setting("listen", drain.map(|d| d.listen)),
+            listen: self.setting("listen", drain.map(|d| d.listen.addr)),
             shutdown_delay: self.setting("shutdown-delay", drain.map(|d| d.shutdown_delay)),
             drain_timeout: self.setting("drain-timeout", drain.map(|d| d.drain_timeout)),
             stop_signal,
@@ -746,7 +746,7 @@ impl<'a> Reader<'a> {
                 .unwrap_or_default(),
             prestop_socket: self.socket(
                 drain.map(|d| &d.prestop_socket),
-                drain.map(|d| d.listen),
+                drain.map(|d| d.listen.addr),
                 true,
             ),
         }
@@ -764,7 +764,7 @@ impl<'a> Reader<'a> {
         let args = parsed
             .and_then(prestop)
             .or_else(|| Line::Prestop.defaults().and_then(prestop));
-        self.socket(args.map(|a| &a.socket), args.map(|a| a.listen), false)
+        self.socket(args.map(|a| &a.socket), args.map(|a| a.listen.addr), false)
     }
 
     /// The hook socket a command line names: `--prestop-socket` (or its variable), else the
@@ -1134,7 +1134,7 @@ mod tests {
         let cli = Cli::from_arg_matches(&matches).unwrap();
         let lint = match (lint, &cli.mode) {
             (Read::Hook(hook), Some(Mode::Prestop(args))) => {
-                let calls = args.socket.resolve(args.listen.port());
+                let calls = args.socket.resolve(args.listen.addr.port());
                 let read = hook.socket.value.as_ref().map(|s| s.name.as_str());
                 assert_eq!(read, Some(calls.as_str()), "{argv:?}");
                 return;
@@ -1147,11 +1147,11 @@ mod tests {
             _ => &cli.wrap.drain,
         };
         let s = &lint.settings;
-        let bound = (drain.listen.port() != 0 || drain.prestop_socket.name.is_some())
-            .then(|| drain.prestop_socket.resolve(drain.listen.port()));
+        let bound = (drain.listen.addr.port() != 0 || drain.prestop_socket.name.is_some())
+            .then(|| drain.prestop_socket.resolve(drain.listen.addr.port()));
         let read = s.prestop_socket.value.as_ref().map(|s| s.name.clone());
         assert_eq!(read, bound, "{argv:?}");
-        assert_eq!(s.listen.value, Some(drain.listen), "{argv:?}");
+        assert_eq!(s.listen.value, Some(drain.listen.addr), "{argv:?}");
         assert_eq!(
             s.shutdown_delay.value,
             Some(drain.shutdown_delay),
