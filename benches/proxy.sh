@@ -7,7 +7,8 @@
 # worker idle, and with 1,000 and 10,000 idle kept-alive connections held open
 # (benches/proxy_hold.py), direct and through the proxy, each in a fresh pod. Prints two
 # Markdown tables and the KiB per 1,000 connections, ready for the README; takes about a
-# minute. Needs root (nginx's worker switches user), an open-file limit of 12,000 and a Rust
+# minute. Needs root (nginx's worker switches user), an open-file limit of 12,000 (20,192 for
+# the proxy's cap to admit all 10,000: two descriptors a client, see the README) and a Rust
 # toolchain; installs nginx, wrk, python3 and procps from Debian when missing. Loopback only.
 # Arguments: [--duration SECONDS] [--connections N] (wrk's).
 set -euo pipefail
@@ -121,7 +122,10 @@ per_1000_requests() { awk -v t="$1" -v hz="$tick" -v n="$2" 'BEGIN {printf "%.1f
 per_1000_connections() { commas "$(awk -v d="$1" -v n="$2" 'BEGIN {if (n > 0) printf "%.0f", d / (n / 1000); else printf "—"}')"; }
 
 echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), Linux $(uname -r), load average $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "$(nginx -v 2>&1 | cut -d: -f2 | xargs), 1 worker, keep-alive; wrk -t1 -c$connections -d${duration}s --latency; lameduck $(commas "$(stat -c %s "$lameduck")") bytes; CPU is utime+stime from /proc/PID/stat"
+# The proxy's connection cap at this open-file limit (src/proxy/forward.rs, connection_cap).
+cap=$((($(ulimit -n) - 64 - 128) / 2))
+((cap > 32768)) && cap=32768
+echo "$(nginx -v 2>&1 | cut -d: -f2 | xargs), 1 worker, keep-alive; wrk -t1 -c$connections -d${duration}s --latency; lameduck $(commas "$(stat -c %s "$lameduck")") bytes; open-file limit $(commas "$(ulimit -n)") (the proxy's cap $(commas "$cap")); CPU is utime+stime from /proc/PID/stat"
 echo
 echo "| path | answer | req/s | p50 | p99 | lameduck CPU per 1,000 req | nginx worker CPU per 1,000 req |"
 echo "|---|---|---|---|---|---|---|"
@@ -176,7 +180,7 @@ for count in 1000 10000; do
         wait "$hold_PID" || { echo "proxy.sh: the holder failed (${answer_line:-no answer})" >&2; exit 1; }
         answered=$(awk '{print $2}' <<<"$answer_line")
         note=
-        ((answered < count)) && note=" ($(commas "$answered") answered, the rest in the listen queue)"
+        ((answered < count)) && note=" ($(commas "$answered") answered, the rest in the listen queue$( ((answered == cap)) && echo ": the proxy's cap"))"
         echo "| $(commas "$count")$note | $label | $(commas "$held") | $(commas "${now[0]}") KiB | $(commas "${now[1]}") KiB | $(commas "${now[2]}") KiB | $(commas "${now[3]}") KiB |"
         # Over this pod idle: lameduck's growth over the connections it holds, the nginx
         # worker's over those it serves (the clients', or the proxy's upstream side of each).

@@ -4,8 +4,8 @@ opens COUNT connections to PORT (at most 500 connecting at once), sends `GET /sm
 and reads its answer, so that each is a kept-alive connection that has served a request, then
 prints one line, `answered A of COUNT`, and holds every connection open until a line (or EOF)
 comes on stdin, at most 120 s. A connection still unanswered 3 s after the last progress (the
-drain proxy serves at most 4,096 clients; the rest wait in its listen queue) is held as it is
-and not counted as answered. Loopback only; every wait is bounded."""
+drain proxy serves at most its connection cap of clients; the rest wait in its listen queue) is
+held as it is and not counted as answered. Loopback only; every wait is bounded."""
 import resource
 import select
 import selectors

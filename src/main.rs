@@ -54,11 +54,12 @@ fn wrap(args: WrapArgs) -> Result<i32, Fatal> {
     lameduck::runtime()?.block_on(async move {
         let signals = signals::catch(&caught)
             .map_err(|err| Fatal::failed(format!("cannot catch signals: {err}")))?;
+        // Before the proxy starts: its connection cap follows the raised limit.
+        let open_files = lameduck::child::raise_open_files();
         let listener = lameduck::http::bind(&config)?;
         let listen_port = lameduck::http::announce(&listener, &config);
         let proxy = Proxy::start(&config.proxy, config.proxy_forwarded).map_err(Fatal::usage)?;
         let hook_socket = lameduck::http::bind_prestop(&config, listen_port)?;
-        let open_files = lameduck::child::raise_open_files();
         let app = lameduck::child::spawn(&args.command, args.group, open_files, ignored)?;
         tracing::info!(pid = app.pid.as_raw(), pid1, "started the app");
 

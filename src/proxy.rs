@@ -68,7 +68,12 @@ impl Proxy {
         listeners: Vec<(TcpListener, SocketAddr)>,
         forwarded: Forwarded,
     ) -> Result<(), String> {
-        let shared = forward::Shared::new(self.draining.subscribe(), self.tally.clone(), forwarded);
+        let shared = forward::Shared::new(
+            self.draining.subscribe(),
+            self.tally.clone(),
+            forwarded,
+            listeners.len(),
+        );
         for (listener, app) in listeners {
             tokio::spawn(forward::serve(
                 listener,

@@ -3,11 +3,14 @@
 //! stays open until the app, told by `--drain-signal`, closes it cleanly; a large upload and a
 //! large download pass byte for byte; an app that is down gives a 502 and one log line; in
 //! the sidecar shape the proxy closes kept-alive connections on `/prestop` and ends the delay;
-//! idle clients share the proxy's connections to the app instead of each pinning one; and in
-//! the drain the proxy keeps no idle connection to the app for the app's stop to close.
+//! idle clients share the proxy's connections to the app instead of each pinning one; in the
+//! drain the proxy keeps no idle connection to the app for the app's stop to close; and a low
+//! open-file limit caps the clients at two descriptors each, the next one waiting its turn.
 
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use lameduck_test_support::binaries::fixture;
@@ -290,6 +293,11 @@ fn an_app_that_is_down_gives_a_502_and_one_log_line() {
 /// One request on a kept-alive connection: the response head (lower-cased) and body.
 fn ask(stream: &mut TcpStream, path: &str) -> (String, Vec<u8>) {
     write!(stream, "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").expect("request");
+    ask_answered(stream)
+}
+
+/// The answer to the request just sent on `stream`: its head (lower-cased) and body.
+fn ask_answered(stream: &mut TcpStream) -> (String, Vec<u8>) {
     let mut data = Vec::new();
     let mut byte = [0u8; 1];
     while !data.ends_with(b"\r\n\r\n") {
@@ -360,16 +368,21 @@ fn the_sidecar_proxy_closes_kept_alive_connections_in_the_drain_and_ends_it_earl
 }
 
 /// lameduck (its app a `sleep`) with `--proxy` and the `more` flags, in front of an nginx the
-/// test starts itself, so that every connection nginx holds is the proxy's (no ready check).
-/// Returns the run, the proxy's address and the nginx.
-fn proxy_to_nginx(test: &str, ip: Ipv4Addr, more: &[&str]) -> (Lameduck, SocketAddr, Nginx) {
+/// test starts itself, so that every connection nginx holds is the proxy's (no ready check);
+/// `prepare` shapes lameduck's command. Returns the run, the proxy's address and the nginx.
+fn proxy_to_nginx(
+    test: &str,
+    ip: Ipv4Addr,
+    more: &[&str],
+    prepare: impl FnOnce(&mut Command),
+) -> (Lameduck, SocketAddr, Nginx) {
     let [nginx_addr, proxy] = free_addrs(ip, 2).try_into().expect("2 addresses");
     let nginx = Nginx::start(&format!("proxy-{test}"), nginx_addr);
     let route = format!("{proxy}={nginx_addr}");
     let mut args = vec!["--shutdown-delay", DELAY_FLAG, "--proxy", &route];
     args.extend_from_slice(more);
     args.extend_from_slice(&["--", "sleep", "60"]);
-    let run = Lameduck::start(Mode::Pid1, &args);
+    let run = Lameduck::start_with(Mode::Pid1, &args, prepare);
     run.ready_addr();
     (run, proxy, nginx)
 }
@@ -396,7 +409,7 @@ fn served_client(proxy: SocketAddr) -> TcpStream {
 
 #[test]
 fn idle_kept_alive_clients_share_the_proxys_connections_to_the_app() {
-    let (_run, proxy, nginx) = proxy_to_nginx("shared", Ipv4Addr::new(127, 0, 63, 6), &[]);
+    let (_run, proxy, nginx) = proxy_to_nginx("shared", Ipv4Addr::new(127, 0, 63, 6), &[], |_| {});
     // One after another, each left idle and open: each takes the connection the last one gave
     // back, which stays open for the next.
     let clients: Vec<TcpStream> = (0..3).map(|_| served_client(proxy)).collect();
@@ -410,6 +423,7 @@ fn in_the_drain_the_proxy_keeps_no_idle_connection_to_the_app() {
         "pool-drain",
         Ipv4Addr::new(127, 0, 63, 7),
         &["--min-delay", "3s"],
+        |_| {},
     );
     drop(served_client(proxy));
     assert_eq!(app_connections(&nginx), 1, "the proxy kept no connection");
@@ -440,4 +454,52 @@ fn in_the_drain_the_proxy_keeps_no_idle_connection_to_the_app() {
         run.stderr.all()
     );
     run.wait_exit(DELAY);
+}
+
+#[test]
+fn a_low_open_file_limit_caps_the_proxys_clients_and_the_next_one_waits_its_turn() {
+    const LIMIT: u64 = 400;
+    // Two descriptors a client, beside 128 for the idle pool and 64 for the rest of lameduck.
+    const CAP: usize = (LIMIT as usize - 128 - 64) / 2;
+    let (run, proxy, _nginx) =
+        proxy_to_nginx("cap", Ipv4Addr::new(127, 0, 63, 8), &[], |command| {
+            // SAFETY: between fork and exec only setrlimit is called.
+            unsafe {
+                command.pre_exec(|| {
+                    nix::sys::resource::setrlimit(
+                        nix::sys::resource::Resource::RLIMIT_NOFILE,
+                        LIMIT,
+                        LIMIT,
+                    )?;
+                    Ok(())
+                });
+            }
+        });
+    let cap_word = format!("max_connections={CAP}");
+    assert!(
+        run.stderr
+            .all()
+            .iter()
+            .any(|line| line.split_whitespace().any(|word| word == cap_word)),
+        "no line gives the cap {CAP}: {:#?}",
+        run.stderr.all()
+    );
+    let mut served: Vec<TcpStream> = (0..CAP).map(|_| served_client(proxy)).collect();
+    let mut next = TcpStream::connect(proxy).expect("connect: the listen queue takes it");
+    write!(next, "GET /fast HTTP/1.1\r\nHost: test\r\n\r\n").expect("request");
+    next.set_read_timeout(Some(Duration::from_secs(1)))
+        .expect("timeout");
+    let mut byte = [0u8; 1];
+    let early = next.peek(&mut byte);
+    assert!(
+        matches!(&early, Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)),
+        "client {} was answered past the cap of {CAP}: {early:?}",
+        CAP + 1
+    );
+    drop(served.pop());
+    next.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let (head, body) = ask_answered(&mut next);
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert_eq!(body, b"ok\n");
 }

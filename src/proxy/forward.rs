@@ -26,9 +26,15 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use super::{Forwarded, Tally};
 
-/// At most this many client connections at once; beyond it new ones wait in the listen queue.
-/// Unlike the endpoints' clients these are the app's users, so none is ever closed to make room.
-const MAX_CONNECTIONS: usize = 4096;
+/// At most this many client connections at once, or fewer if the open-file limit is low (see
+/// `connection_cap`); beyond it new ones wait in the listen queue. Unlike the endpoints'
+/// clients these are the app's users, so none is ever closed to make room. What the official
+/// nginx image's config takes on a 32-core node (1,024 a worker, a worker a core); about
+/// 400 MiB at some 12 KiB an idle connection.
+const MAX_CONNECTIONS: usize = 32_768;
+/// Descriptors left to the rest of lameduck (the endpoints, the ready check, the traffic watch)
+/// when the open-file limit sets the cap.
+const OWN_FILES: u64 = 64;
 /// A client must send each request head within this time, counted from the end of the previous
 /// response on a kept-alive connection: nginx's own keep-alive timeout, so the proxy closes idle
 /// connections no sooner than the app behind it would.
@@ -65,14 +71,36 @@ impl Shared {
         draining: watch::Receiver<bool>,
         tally: watch::Sender<Tally>,
         forwarded: Forwarded,
+        routes: usize,
     ) -> Arc<Self> {
+        let cap = connection_cap(routes);
+        if cap < MAX_CONNECTIONS {
+            tracing::info!(
+                max_connections = cap,
+                "the open-file limit caps the proxy's client connections"
+            );
+        }
         Arc::new(Shared {
             draining,
             tally,
             forwarded,
-            slots: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+            slots: Arc::new(Semaphore::new(cap)),
         })
     }
+}
+
+/// `MAX_CONNECTIONS`, or as many as the open-file limit has room for at two descriptors each
+/// (the client's, and one to the app while a request is in flight) beside each route's idle
+/// pool and lameduck's own, so that a full proxy of HTTP/1.1 clients never fails an accept, a
+/// connect to the app or a probe for want of descriptors.
+fn connection_cap(routes: usize) -> usize {
+    let limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(u64::MAX, |(soft, _)| soft);
+    let pools = u64::try_from(MAX_IDLE_UPSTREAM * routes).unwrap_or(u64::MAX);
+    let room = limit.saturating_sub(OWN_FILES).saturating_sub(pools) / 2;
+    MAX_CONNECTIONS
+        .min(usize::try_from(room).unwrap_or(usize::MAX))
+        .max(1)
 }
 
 /// Accepts clients on `listener` for the app at `app` until the runtime shuts down.
