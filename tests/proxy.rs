@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use lameduck_test_support::binaries::fixture;
 use lameduck_test_support::http::get;
-use lameduck_test_support::network::{established_at, free_addrs};
+use lameduck_test_support::network::{established_at, established_peers, free_addrs};
 use lameduck_test_support::nginx::{Nginx, NginxConfig};
 use lameduck_test_support::process::{Lameduck, Mode, wait_until};
 use lameduck_test_support::scenario::SLOW_BYTES;
@@ -414,6 +414,29 @@ fn idle_kept_alive_clients_share_the_proxys_connections_to_the_app() {
     // back, which stays open for the next.
     let clients: Vec<TcpStream> = (0..3).map(|_| served_client(proxy)).collect();
     assert_eq!(app_connections(&nginx), 1, "{} idle clients", clients.len());
+}
+
+#[test]
+fn a_connection_to_the_app_idle_for_over_a_second_is_not_reused() {
+    let (_run, proxy, nginx) = proxy_to_nginx("expiry", Ipv4Addr::new(127, 0, 63, 9), &[], |_| {});
+    let SocketAddr::V4(app) = nginx.config.addr else {
+        unreachable!("the tests' nginx listens on IPv4 loopback")
+    };
+    drop(served_client(proxy));
+    let first = established_peers(app);
+    assert_eq!(first.len(), 1, "the proxy kept no connection to the app");
+    // Past the proxy's idle limit, well within nginx's own keep-alive timeout of 75 s: only the
+    // proxy can have closed it.
+    std::thread::sleep(Duration::from_millis(1500));
+    drop(served_client(proxy));
+    assert!(
+        wait_until(Duration::from_secs(2), || {
+            let now = established_peers(app);
+            now.len() == 1 && now != first
+        }),
+        "the connection idle for 1.5 s was reused or kept: {first:?} then {:?}",
+        established_peers(app)
+    );
 }
 
 #[test]

@@ -12,7 +12,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http_body_util::{Either, Full};
 use hyper::body::{Body as _, Bytes, Frame, Incoming, SizeHint};
@@ -48,6 +48,11 @@ const MAX_STREAMS: u32 = 128;
 /// pod opens as many as it has requests in flight. One HTTP/2 client's full set of streams
 /// finds its connections kept; each costs some 26 KiB while idle.
 const MAX_IDLE_UPSTREAM: usize = MAX_STREAMS as usize;
+/// The longest a connection to the app sits idle before the proxy stops reusing it: under the
+/// shortest keep-alive timeouts apps ship with (gunicorn 2 s; Node.js, Apache and uvicorn 5 s),
+/// so a request never goes out on a connection the app is just closing for idleness, which
+/// would cost the client a 502.
+const UPSTREAM_IDLE_LIMIT: Duration = Duration::from_secs(1);
 /// How long an HTTP/1.1 connection that carries no request in the drain stays open: a client
 /// that uses it within this time is moved off after its answer instead, without a race; one
 /// that stays idle this long is unlikely to send just as it is closed.
@@ -489,9 +494,9 @@ fn bad_gateway() -> Response<Body> {
 /// request.
 struct Upstream {
     app: SocketAddr,
-    /// Oldest first. One just given back may need a moment before it takes a request: hyper
-    /// readies it when it has seen the end of the answer.
-    idle: Mutex<VecDeque<SendRequest<Incoming>>>,
+    /// Oldest first, each with when it was given back. One just given back may need a moment
+    /// before it takes a request: hyper readies it when it has seen the end of the answer.
+    idle: Mutex<VecDeque<(SendRequest<Incoming>, Instant)>>,
     draining: watch::Receiver<bool>,
 }
 
@@ -521,21 +526,22 @@ impl Upstream {
         Ok((response, sender))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<SendRequest<Incoming>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<(SendRequest<Incoming>, Instant)>> {
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The most recently used idle connection that is ready: the least likely to be at the
-    /// app's idle limit. Those the app closed are dropped on the way. None in the drain, from
-    /// the moment the app got its drain signal, which may have it close its idle connections.
+    /// app's idle limit. Those the app closed, and those idle past `UPSTREAM_IDLE_LIMIT`, are
+    /// dropped on the way. None in the drain, from the moment the app got its drain signal,
+    /// which may have it close its idle connections.
     fn take_idle(&self) -> Option<SendRequest<Incoming>> {
         let mut idle = self.lock();
         if *self.draining.borrow() {
             return None;
         }
-        idle.retain(|sender| !sender.is_closed());
-        let ready = idle.iter().rposition(SendRequest::is_ready)?;
-        idle.remove(ready)
+        idle.retain(|(sender, since)| !sender.is_closed() && since.elapsed() < UPSTREAM_IDLE_LIMIT);
+        let ready = idle.iter().rposition(|(sender, _)| sender.is_ready())?;
+        idle.remove(ready).map(|(sender, _)| sender)
     }
 
     fn keep(&self, sender: SendRequest<Incoming>) {
@@ -547,7 +553,7 @@ impl Upstream {
         if idle.len() == MAX_IDLE_UPSTREAM {
             idle.pop_front();
         }
-        idle.push_back(sender);
+        idle.push_back((sender, Instant::now()));
     }
 
     /// Closes every idle connection when the drain begins.

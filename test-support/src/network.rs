@@ -96,6 +96,12 @@ pub fn still_open(stream: &TcpStream) -> bool {
 /// How many established connections the IPv4 server on `addr` holds, its own side of each, as
 /// the kernel lists them in /proc/net/tcp for the calling thread's network namespace.
 pub fn established_at(addr: SocketAddrV4) -> usize {
+    established_peers(addr).len()
+}
+
+/// The peers' ports of the established connections the IPv4 server on `addr` holds: a port
+/// that changes is a connection closed and another opened.
+pub fn established_peers(addr: SocketAddrV4) -> Vec<u16> {
     let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
     // `sl local_address rem_address st ...`: the address as the kernel stores it (network
     // order, printed as a native u32), the port in host order, the state 01 for ESTABLISHED.
@@ -107,9 +113,13 @@ pub fn established_at(addr: SocketAddrV4) -> usize {
     table
         .lines()
         .skip(1)
-        .filter(|line| {
+        .filter_map(|line| {
             let fields: Vec<&str> = line.split_whitespace().collect();
-            fields.get(1) == Some(&local.as_str()) && fields.get(3) == Some(&"01")
+            if fields.get(1) != Some(&local.as_str()) || fields.get(3) != Some(&"01") {
+                return None;
+            }
+            let (_, port) = fields.get(2)?.split_once(':')?;
+            u16::from_str_radix(port, 16).ok()
         })
-        .count()
+        .collect()
 }
