@@ -335,14 +335,7 @@ fn the_sidecar_proxy_closes_kept_alive_connections_in_the_drain_and_ends_it_earl
         ],
     );
     let endpoints = run.ready_addr();
-    let mut client = TcpStream::connect(proxy).expect("connect");
-    client
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    let (head, body) = ask(&mut client, "/fast");
-    assert!(head.starts_with("http/1.1 200"), "{head}");
-    assert!(!head.contains("connection: close"), "{head}");
-    assert_eq!(body, b"ok\n");
+    let mut client = served_client(proxy);
 
     let began = Instant::now();
     let hook = std::thread::spawn(move || get(endpoints, "/prestop"));
@@ -395,7 +388,7 @@ fn app_connections(nginx: &Nginx) -> usize {
     }
 }
 
-/// A kept-alive client that has had one answer through `proxy`.
+/// A kept-alive client that has had one answer through `proxy`, and was left its connection.
 fn served_client(proxy: SocketAddr) -> TcpStream {
     let mut client = TcpStream::connect(proxy).expect("connect");
     client
@@ -403,6 +396,7 @@ fn served_client(proxy: SocketAddr) -> TcpStream {
         .expect("timeout");
     let (head, body) = ask(&mut client, "/fast");
     assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(!head.contains("connection: close"), "{head}");
     assert_eq!(body, b"ok\n");
     client
 }

@@ -193,6 +193,31 @@ impl Drop for Served {
     }
 }
 
+/// The image's webhook in a container with a certificate of its own, and a client that trusts
+/// it, connected. Dropped in field order: the container goes before its volume.
+struct Connected {
+    client: Client,
+    rt: tokio::runtime::Runtime,
+    served: Served,
+    _volume: SecretVolume,
+}
+
+fn connected(image: &Image, name: &str) -> Connected {
+    let ca = Ca::generate();
+    let volume = SecretVolume::new(&format!("image-{name}-tls"), &ca.serving());
+    let served = Served::start(image, &volume);
+    let rt = runtime();
+    let client = rt
+        .block_on(Client::connect(served.addr, &ca.cert))
+        .unwrap_or_else(|err| panic!("{err}\n{}", served.logs()));
+    Connected {
+        client,
+        rt,
+        served,
+        _volume: volume,
+    }
+}
+
 /// The documentation's pod-create review, of a pod in a namespace that opted in.
 fn pod_review() -> Value {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/admission/nginx-pod-create.json");
@@ -222,16 +247,9 @@ fn admit(rt: &tokio::runtime::Runtime, client: &mut Client, review: &Value) -> V
 #[test]
 fn the_image_s_webhook_answers_a_review_over_tls_with_inject_s_patch() {
     let image = image("webhook");
-    let ca = Ca::generate();
-    let volume = SecretVolume::new("image-webhook-tls", &ca.serving());
-    let served = Served::start(&image, &volume);
-
-    let rt = runtime();
-    let mut client = rt
-        .block_on(Client::connect(served.addr, &ca.cert))
-        .unwrap_or_else(|err| panic!("{err}\n{}", served.logs()));
+    let mut webhook = connected(&image, "webhook");
     let review = pod_review();
-    let response = admit(&rt, &mut client, &review);
+    let response = admit(&webhook.rt, &mut webhook.client, &review);
     assert_eq!(response["patchType"], "JSONPatch", "{response}");
     let patch = base64::engine::general_purpose::STANDARD
         .decode(response["patch"].as_str().expect("a patch"))
@@ -262,18 +280,11 @@ fn the_image_s_webhook_answers_a_review_over_tls_with_inject_s_patch() {
 
 #[test]
 fn docker_stop_ends_the_image_s_webhook_with_exit_0_within_its_grace() {
-    let image = image("webhook-stop");
-    let ca = Ca::generate();
-    let volume = SecretVolume::new("image-webhook-stop-tls", &ca.serving());
-    let served = Served::start(&image, &volume);
-
     // A connection kept alive after its review, as the API server keeps them, stays open
     // across the stop: the graceful stop must not wait for it until docker's SIGKILL.
-    let rt = runtime();
-    let mut client = rt
-        .block_on(Client::connect(served.addr, &ca.cert))
-        .unwrap_or_else(|err| panic!("{err}\n{}", served.logs()));
-    admit(&rt, &mut client, &pod_review());
+    let mut webhook = connected(&image("webhook-stop"), "webhook-stop");
+    admit(&webhook.rt, &mut webhook.client, &pod_review());
+    let served = &webhook.served;
 
     // SIGTERM, then SIGKILL after docker's default 10s; killed, the exit code would be 137.
     let began = Instant::now();
@@ -298,5 +309,4 @@ fn docker_stop_ends_the_image_s_webhook_with_exit_0_within_its_grace() {
     );
     assert!(logs.contains("webhook stopped"), "{logs}");
     eprintln!("docker stop ended the webhook in {took:?}");
-    drop(client);
 }

@@ -127,6 +127,16 @@ spec:
 "#;
 
 /// Runs `kubectl-lameduck lint ARGS` in the repository root, with `stdin` on its standard input.
+/// Lint found nothing at all: exit 0, no error and no warning.
+fn assert_clean(ran: &Ran) {
+    assert_eq!(ran.code, Some(0), "{}{}", ran.stdout, ran.stderr);
+    assert!(
+        ran.stdout.starts_with("lint: 0 errors, 0 warnings"),
+        "{}",
+        ran.stdout
+    );
+}
+
 fn lint(args: &[&str], stdin: impl AsRef<[u8]>) -> Ran {
     let mut command = Command::new(PLUGIN);
     command.arg("lint").args(args).current_dir(ROOT);
@@ -659,13 +669,7 @@ fn a_hook_naming_the_sidecar_s_socket_passes() {
         8099,
         ", --prestop-socket=@web-hook",
     );
-    let ran = lint(&["-"], &pod);
-    assert_eq!(ran.code, Some(0), "{}{}", ran.stdout, ran.stderr);
-    assert!(
-        ran.stdout.starts_with("lint: 0 errors, 0 warnings"),
-        "{}",
-        ran.stdout
-    );
+    assert_clean(&lint(&["-"], &pod));
 }
 
 #[test]
@@ -677,13 +681,7 @@ fn a_hook_deriving_the_wrapper_s_socket_from_the_container_s_listen_variable_pas
             "          lifecycle:",
             "          env: [{name: LAMEDUCK_LISTEN, value: '0.0.0.0:9000'}]\n          lifecycle:",
         );
-    let ran = lint(&["-"], &pod);
-    assert_eq!(ran.code, Some(0), "{}{}", ran.stdout, ran.stderr);
-    assert!(
-        ran.stdout.starts_with("lint: 0 errors, 0 warnings"),
-        "{}",
-        ran.stdout
-    );
+    assert_clean(&lint(&["-"], &pod));
 }
 
 #[test]
