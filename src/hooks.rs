@@ -4,7 +4,7 @@
 //! tell what a shutdown signal means (see `phase::Hook`).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
@@ -42,15 +42,15 @@ impl Hooks {
     }
 }
 
-/// The number of hook calls waiting for their answer, and of all calls so far, shared with the
-/// executor.
+/// The number of hook calls waiting for their answer, and whether any call came, shared with
+/// the executor.
 #[derive(Clone, Default)]
 pub struct HeldCount(Arc<Counts>);
 
 #[derive(Default)]
 struct Counts {
     held: AtomicUsize,
-    calls: AtomicUsize,
+    called: AtomicBool,
 }
 
 impl HeldCount {
@@ -83,7 +83,7 @@ impl HeldCount {
     /// rather than break when the app exits right after its stop signal. Without any hook
     /// call there is nothing to write, and the exit is not delayed.
     pub async fn settle(&self) {
-        if self.0.calls.load(Ordering::SeqCst) == 0 {
+        if !self.0.called.load(Ordering::SeqCst) {
             return;
         }
         let deadline = tokio::time::Instant::now() + SETTLE;
@@ -104,7 +104,7 @@ struct Held {
 
 impl Held {
     fn new(count: HeldCount, via: &'static str) -> Self {
-        count.0.calls.fetch_add(1, Ordering::SeqCst);
+        count.0.called.store(true, Ordering::SeqCst);
         count.0.held.fetch_add(1, Ordering::SeqCst);
         Held {
             count,

@@ -17,6 +17,22 @@ use serde_json::{Value, json};
 
 /// Runs `program ARGS` in the workspace root with `stdin` on its standard input; a build gets
 /// its own RUSTFLAGS, not the test run's.
+/// `kubectl-lameduck SUBCOMMAND -` in a throwaway container of `image`, with no network,
+/// reading `stdin`.
+fn from_stdin(image: &Image, subcommand: &str, stdin: &[u8]) -> Ran {
+    let args = [
+        "run",
+        "--rm",
+        "-i",
+        "--network",
+        "none",
+        &image.0,
+        subcommand,
+        "-",
+    ];
+    in_workspace("docker", &args, stdin)
+}
+
 fn in_workspace(program: &str, args: &[&str], stdin: &[u8]) -> Ran {
     let mut command = Command::new(program);
     command
@@ -101,17 +117,7 @@ fn the_scratch_image_lints_the_examples_without_network_or_root() {
     // A shutdown delay longer than the default grace period of 30s: lint says error.
     let bad = b"{kind: Pod, metadata: {name: p}, spec: {containers: [{name: a, image: nginx, \
         command: [lameduck, --shutdown-delay=40s, --, nginx]}]}}";
-    let args = [
-        "run",
-        "--rm",
-        "-i",
-        "--network",
-        "none",
-        &image.0,
-        "lint",
-        "-",
-    ];
-    let refused = in_workspace("docker", &args, bad);
+    let refused = from_stdin(&image, "lint", bad);
     assert_eq!(refused.code, Some(1), "{}", refused.describe());
 
     let user = in_workspace(
@@ -260,17 +266,7 @@ fn the_image_s_webhook_answers_a_review_over_tls_with_inject_s_patch() {
 
     // The same image's `inject` makes the same pod of it.
     let pod_text = review["request"]["object"].to_string();
-    let args = [
-        "run",
-        "--rm",
-        "-i",
-        "--network",
-        "none",
-        &image.0,
-        "inject",
-        "-",
-    ];
-    let injected = in_workspace("docker", &args, pod_text.as_bytes());
+    let injected = from_stdin(&image, "inject", pod_text.as_bytes());
     assert!(injected.ok(), "{}", injected.describe());
     let injected: Value = serde_json::from_str(&injected.stdout).unwrap();
     assert_eq!(pod, injected, "the webhook's pod differs from inject's");
